@@ -1,0 +1,108 @@
+"""What the sem-seg heads share: which features feed the transformer predictor, and loading
+official checkpoints written before the pixel decoder became a submodule."""
+import logging
+from typing import Dict, Optional
+
+from detectron2.layers import ShapeSpec
+from torch import Tensor, nn
+
+__all__ = [
+    "TRANSFORMER_ENCODER",
+    "predictor_in_channels",
+    "predictor_input",
+    "decode_and_predict",
+    "LegacyPixelDecoderKeys",
+]
+
+logger = logging.getLogger(__name__)
+
+# MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE value that selects the pixel decoder's encoder output
+TRANSFORMER_ENCODER = "transformer_encoder"
+
+
+def predictor_in_channels(
+    transformer_in_feature: str, input_shape: Dict[str, ShapeSpec], conv_dim: int
+) -> int:
+    """Channels of the feature map the transformer predictor attends to.
+
+    Args:
+        transformer_in_feature: a backbone feature name, or "transformer_encoder" for the output of
+            the pixel decoder's transformer encoder (which has ``conv_dim`` channels).
+        input_shape: the backbone's output shapes.
+        conv_dim: MODEL.SEM_SEG_HEAD.CONVS_DIM.
+    """
+    if transformer_in_feature == TRANSFORMER_ENCODER:
+        return conv_dim
+    if transformer_in_feature not in input_shape:
+        raise KeyError(
+            f"MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE={transformer_in_feature!r} is neither "
+            f"{TRANSFORMER_ENCODER!r} nor a backbone output {sorted(input_shape)}"
+        )
+    return input_shape[transformer_in_feature].channels
+
+
+def predictor_input(
+    transformer_in_feature: str,
+    features: Dict[str, Tensor],
+    transformer_encoder_features: Optional[Tensor],
+) -> Tensor:
+    """The (B, C, h, w) map the transformer predictor attends to (see :func:`predictor_in_channels`)."""
+    if transformer_in_feature != TRANSFORMER_ENCODER:
+        return features[transformer_in_feature]
+    if transformer_encoder_features is None:
+        raise ValueError(
+            f"MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE={TRANSFORMER_ENCODER!r} needs a pixel decoder "
+            "with a transformer encoder; set MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME to "
+            "'TransformerEncoderPixelDecoder' (or feed the predictor a backbone feature, e.g. 'res5')"
+        )
+    return transformer_encoder_features
+
+
+def decode_and_predict(
+    pixel_decoder: nn.Module,
+    predictor: nn.Module,
+    transformer_in_feature: str,
+    features: Dict[str, Tensor],
+) -> Dict[str, object]:
+    """Run the pixel decoder, then the transformer predictor on its chosen input.
+
+    Returns:
+        the predictor's output dict: "pred_masks" (B, Q, H/4, W/4), "pred_logits" (B, Q, K+1)
+        with mask classification, "aux_outputs" with deep supervision.
+    """
+    mask_features, encoder_features = pixel_decoder.forward_features(features)
+    x = predictor_input(transformer_in_feature, features, encoder_features)
+    return predictor(x, mask_features)
+
+
+class LegacyPixelDecoderKeys(nn.Module):
+    """Mixin for heads with a ``pixel_decoder`` submodule: loads checkpoints of the official heads
+    from before version 2, whose pixel-decoder parameters sat directly under the head
+    (``sem_seg_head.adapter_1.weight`` instead of ``sem_seg_head.pixel_decoder.adapter_1.weight``).
+
+    Unlike the official conversion it does not depend on the version metadata (d2's .pkl
+    checkpoints carry none): a key is moved only when it is a pixel-decoder parameter missing its
+    ``pixel_decoder.`` prefix, so current checkpoints are untouched.
+    """
+
+    _version = 2
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
+        decoder_keys = set(self.pixel_decoder.state_dict())
+        own_keys = set(self.state_dict())
+        moved = 0
+        for key in [k for k in state_dict if k.startswith(prefix)]:
+            name = key[len(prefix):]
+            if name in decoder_keys and name not in own_keys:
+                state_dict[f"{prefix}pixel_decoder.{name}"] = state_dict.pop(key)
+                moved += 1
+        if moved:
+            logger.warning(
+                f"{type(self).__name__}: moved {moved} pre-v2 checkpoint keys under "
+                f"'{prefix}pixel_decoder.'; re-save the checkpoint to upgrade it"
+            )
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )

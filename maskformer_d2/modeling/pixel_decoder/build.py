@@ -1,0 +1,35 @@
+"""The pixel-decoder registry: MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME -> module."""
+from typing import Dict
+
+from detectron2.layers import ShapeSpec
+from detectron2.utils.registry import Registry
+from torch import nn
+
+__all__ = ["PIXEL_DECODER_REGISTRY", "build_pixel_decoder"]
+
+PIXEL_DECODER_REGISTRY = Registry("PIXEL_DECODER")
+PIXEL_DECODER_REGISTRY.__doc__ = """
+Registry for pixel decoders: modules built as ``cls(cfg, input_shape)`` (input_shape: the
+backbone's ``Dict[str, ShapeSpec]``) with a method
+``forward_features(features) -> (mask_features (B, MASK_DIM, H/4, W/4), transformer_encoder_features
+or None)``.
+"""
+
+
+def build_pixel_decoder(cfg, input_shape: Dict[str, ShapeSpec]) -> nn.Module:
+    """Build the pixel decoder named by ``cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME``."""
+    name = cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME
+    if name not in PIXEL_DECODER_REGISTRY:
+        registered = sorted(k for k, _ in PIXEL_DECODER_REGISTRY)
+        raise KeyError(
+            f"MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME={name!r} is not a registered pixel decoder; "
+            f"registered: {registered}. Register a new one with @PIXEL_DECODER_REGISTRY.register() "
+            "and import its module before building."
+        )
+    decoder = PIXEL_DECODER_REGISTRY.get(name)(cfg, input_shape)
+    if not callable(getattr(decoder, "forward_features", None)):
+        raise TypeError(
+            f"pixel decoder {name!r} has no forward_features(features) method; a pixel decoder "
+            "must return (mask_features, transformer_encoder_features or None) from it"
+        )
+    return decoder
