@@ -2,12 +2,12 @@
 from . import backbone, heads, pixel_decoder, transformer_decoder  # noqa: F401
 from .criterion import SetCriterion
 from .matcher import HungarianMatcher
-from .meta_arch import MaskFormer, build_criterion
+from .meta_arch import MaskFormer
 from .pixel_decoder import PIXEL_DECODER_REGISTRY, build_pixel_decoder
 from .transformer_decoder import TRANSFORMER_PREDICTOR_REGISTRY, build_transformer_predictor
 
 __all__ = [
-    "MaskFormer", "SetCriterion", "HungarianMatcher", "build_criterion",
+    "MaskFormer", "SetCriterion", "HungarianMatcher",
     "PIXEL_DECODER_REGISTRY", "build_pixel_decoder",
     "TRANSFORMER_PREDICTOR_REGISTRY", "build_transformer_predictor",
 ]

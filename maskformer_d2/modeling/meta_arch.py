@@ -18,27 +18,8 @@ from detectron2.structures import BitMasks, ImageList, Instances
 
 from ..inference import instance_inference, panoptic_inference, semantic_inference
 from .criterion import SetCriterion
-from .matcher import HungarianMatcher
 
-__all__ = ["MaskFormer", "build_criterion", "thing_ids_from_metadata"]
-
-
-def build_criterion(cfg) -> SetCriterion:
-    """The Hungarian matcher + set criterion with the loss weights of ``MODEL.MASK_FORMER``."""
-    mf = cfg.MODEL.MASK_FORMER
-    matcher = HungarianMatcher(cost_class=1.0, cost_mask=mf.MASK_WEIGHT, cost_dice=mf.DICE_WEIGHT)
-    final = {"loss_ce": 1.0, "loss_mask": mf.MASK_WEIGHT, "loss_dice": mf.DICE_WEIGHT}
-    weight_dict = dict(final)
-    if mf.DEEP_SUPERVISION:  # the same weights for every earlier decoder layer, suffixed _i
-        for i in range(mf.DEC_LAYERS - 1):
-            weight_dict.update({f"{k}_{i}": v for k, v in final.items()})
-    return SetCriterion(
-        cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
-        matcher=matcher,
-        weight_dict=weight_dict,
-        eos_coef=mf.NO_OBJECT_WEIGHT,
-        losses=("labels", "masks"),
-    )
+__all__ = ["MaskFormer", "thing_ids_from_metadata"]
 
 
 def thing_ids_from_metadata(dataset_names: Sequence[str]) -> Optional[Set[int]]:
@@ -126,7 +107,7 @@ class MaskFormer(nn.Module):
         return {
             "backbone": backbone,
             "sem_seg_head": build_sem_seg_head(cfg, backbone.output_shape()),
-            "criterion": build_criterion(cfg),
+            "criterion": SetCriterion(cfg),
             "num_queries": cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
@@ -167,9 +148,7 @@ class MaskFormer(nn.Module):
         outputs = self.sem_seg_head(self.backbone(images.tensor))
         if self.training:
             targets = self.prepare_targets(batched_inputs, images)
-            losses = self.criterion(outputs, targets)
-            weights = self.criterion.weight_dict
-            return {k: v * weights[k] for k, v in losses.items() if k in weights}
+            return self.criterion.weighted(self.criterion(outputs, targets))
         return self.inference(outputs, batched_inputs, images)
 
     def prepare_targets(self, batched_inputs: List[Dict], images: ImageList) -> List[Dict]:

@@ -1,0 +1,170 @@
+"""Turn one image's mask-classification prediction into semantic, panoptic or instance output.
+
+All three tasks start from the same prediction of the final decoder layer:
+
+* ``mask_cls``: (Q, K+1) class logits per query, the last class being "no object";
+* ``mask_pred``: (Q, H, W) mask logits per query, at the resolution the output should have.
+
+and share :func:`class_probabilities`; they differ only in how queries are combined.
+"""
+from typing import Dict, List, Optional, Set, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from detectron2.structures import BitMasks, Boxes, Instances
+
+__all__ = [
+    "class_probabilities",
+    "semantic_inference",
+    "panoptic_inference",
+    "instance_inference",
+]
+
+
+def class_probabilities(mask_cls: Tensor, num_classes: Optional[int] = None) -> Tensor:
+    """Softmax over the K+1 classes, then the "no object" column dropped.
+
+    Args:
+        mask_cls: (Q, K+1) class logits.
+        num_classes: K, checked against ``mask_cls`` when given.
+
+    Returns:
+        (Q, K) probabilities (rows sum to 1 - p(no object)).
+    """
+    if num_classes is not None and mask_cls.shape[-1] != num_classes + 1:
+        raise ValueError(
+            f"mask_cls has {mask_cls.shape[-1]} class logits per query but "
+            f"num_classes={num_classes} needs {num_classes + 1} (K classes + 'no object'); "
+            f"is MODEL.SEM_SEG_HEAD.NUM_CLASSES the one the model was trained with?"
+        )
+    return F.softmax(mask_cls, dim=-1)[..., :-1]
+
+
+def semantic_inference(mask_cls: Tensor, mask_pred: Tensor) -> Tensor:
+    """Per-pixel class scores: ``sum_q p_q(c) * sigmoid(mask_q)``.
+
+    Args:
+        mask_cls: (Q, K+1) class logits.
+        mask_pred: (Q, H, W) mask logits.
+
+    Returns:
+        (K, H, W) scores (not normalised over classes).
+    """
+    return torch.einsum("qc,qhw->chw", class_probabilities(mask_cls), mask_pred.sigmoid())
+
+
+def panoptic_inference(
+    mask_cls: Tensor,
+    mask_pred: Tensor,
+    num_classes: int,
+    thing_ids: Set[int],
+    object_mask_threshold: float,
+    overlap_threshold: float,
+) -> Tuple[Tensor, List[Dict]]:
+    """Non-overlapping segments from the confident queries (official MaskFormer rule).
+
+    A query is kept if its most likely class is not "no object" and that class's probability
+    exceeds ``object_mask_threshold``. Each pixel goes to the kept query with the largest
+    ``score * sigmoid(mask)``. A query's segment is the pixels it wins (even where its own mask
+    is < 0.5, as in the official MaskFormer and its reference outputs; Mask2Former later
+    intersected the two). It is dropped when it wins no pixel, when its mask has no pixel >= 0.5,
+    or when the pixels it wins are fewer than ``overlap_threshold`` times its pixels >= 0.5.
+    Segments of one stuff class merge into the first one; things stay separate.
+
+    Args:
+        mask_cls: (Q, K+1) class logits.
+        mask_pred: (Q, H, W) mask logits.
+        num_classes: K.
+        thing_ids: contiguous ids (in [0, K)) of the thing classes.
+        object_mask_threshold: minimum class probability of a kept query.
+        overlap_threshold: minimum (pixels won) / (pixels of its mask) of a kept segment.
+
+    Returns:
+        panoptic_seg: (H, W) int32 segment ids, 0 = void, segments numbered from 1;
+        segments_info: per segment {"id": int, "isthing": bool, "category_id": int}.
+    """
+    class_probabilities(mask_cls, num_classes)  # validates the shape
+    scores, labels = F.softmax(mask_cls, dim=-1).max(-1)
+    keep = labels.ne(num_classes) & (scores > object_mask_threshold)
+    cur_scores, cur_classes = scores[keep], labels[keep]
+    cur_masks = mask_pred[keep].sigmoid()  # (Qk, H, W)
+
+    panoptic_seg = torch.zeros(mask_pred.shape[-2:], dtype=torch.int32, device=mask_pred.device)
+    segments_info: List[Dict] = []
+    if cur_masks.shape[0] == 0:
+        return panoptic_seg, segments_info
+
+    winner = (cur_scores[:, None, None] * cur_masks).argmax(0)  # (H, W) index into kept queries
+    stuff_segment_id: Dict[int, int] = {}
+    current_id = 0
+    for k in range(cur_classes.shape[0]):
+        category = int(cur_classes[k].item())
+        isthing = category in thing_ids
+        mask = winner == k
+        won_area, own_area = mask.sum().item(), (cur_masks[k] >= 0.5).sum().item()
+        if won_area == 0 or own_area == 0:
+            continue
+        if won_area / own_area < overlap_threshold:
+            continue
+        if not isthing and category in stuff_segment_id:
+            panoptic_seg[mask] = stuff_segment_id[category]
+            continue
+        current_id += 1
+        if not isthing:
+            stuff_segment_id[category] = current_id
+        panoptic_seg[mask] = current_id
+        segments_info.append({"id": current_id, "isthing": bool(isthing), "category_id": category})
+    return panoptic_seg, segments_info
+
+
+def instance_inference(
+    mask_cls: Tensor,
+    mask_pred: Tensor,
+    num_classes: int,
+    topk: int,
+    thing_ids: Optional[Set[int]] = None,
+) -> Instances:
+    """The ``topk`` most likely (query, class) pairs as instances.
+
+    Every query may yield several instances (one per class). A pair's score is its class
+    probability times the mean ``sigmoid(mask)`` over the pixels where the mask logit is > 0.
+
+    Args:
+        mask_cls: (Q, K+1) class logits.
+        mask_pred: (Q, H, W) mask logits.
+        num_classes: K.
+        topk: maximum number of instances (e.g. TEST.DETECTIONS_PER_IMAGE); capped at Q*K.
+        thing_ids: if given, pairs whose class is not in it are dropped (after the top-k), as in
+            panoptic datasets where only thing classes are instances.
+
+    Returns:
+        Instances of image size (H, W), sorted by decreasing score, with pred_masks (N, H, W)
+        bool, pred_boxes (tight boxes of the masks, XYXY; zeros for an empty mask), scores (N,)
+        and pred_classes (N,) int64.
+    """
+    probs = class_probabilities(mask_cls, num_classes)  # (Q, K)
+    k = min(topk, probs.numel())
+    class_scores, flat_idx = probs.flatten().topk(k, sorted=True)
+    labels = flat_idx % num_classes
+    queries = flat_idx // num_classes
+    if thing_ids is not None:
+        is_thing = torch.tensor([int(c) in thing_ids for c in labels.tolist()],
+                                dtype=torch.bool, device=labels.device)
+        class_scores, labels, queries = class_scores[is_thing], labels[is_thing], queries[is_thing]
+
+    logits = mask_pred[queries]  # (N, H, W)
+    masks = logits > 0
+    mask_scores = (logits.sigmoid() * masks).flatten(1).sum(1) / (masks.flatten(1).sum(1) + 1e-6)
+    scores = class_scores * mask_scores
+    order = scores.argsort(descending=True, stable=True)
+
+    result = Instances(tuple(mask_pred.shape[-2:]))
+    result.pred_masks = masks[order]
+    result.pred_boxes = Boxes(
+        BitMasks(result.pred_masks).get_bounding_boxes().tensor.to(mask_pred.device)
+    )
+    result.scores = scores[order]
+    result.pred_classes = labels[order]
+    return result

@@ -1,0 +1,178 @@
+"""MaskFormer's set-prediction loss: Hungarian matching, then class and mask losses on the pairs.
+
+For each decoder layer (the final one and, with deep supervision, every earlier one with its own
+matching) the criterion returns
+
+* ``loss_ce``: cross-entropy over the K+1 classes of every query (unmatched queries -> "no object",
+  whose weight is ``eos_coef``),
+* ``loss_mask``: sigmoid focal loss and ``loss_dice``: dice loss of the matched masks, both divided
+  by the number of target masks in the batch,
+
+with suffix ``_i`` for earlier layer ``i``. The losses are returned unweighted; ``weight_dict``
+holds the weights (see :meth:`SetCriterion.weighted`).
+"""
+from typing import Dict, List, Mapping, Sequence, Tuple
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from detectron2.config import configurable
+from detectron2.utils.comm import get_world_size
+
+from .losses import dice_loss, no_autocast, pad_masks_to_common_size, sigmoid_focal_loss
+from .matcher import HungarianMatcher
+
+__all__ = ["SetCriterion", "build_weight_dict"]
+
+Indices = List[Tuple[Tensor, Tensor]]
+
+
+def build_weight_dict(
+    ce_weight: float, mask_weight: float, dice_weight: float, num_aux_layers: int
+) -> Dict[str, float]:
+    """Loss weights of the final layer and of ``num_aux_layers`` earlier ones (suffix ``_i``)."""
+    base = {"loss_ce": ce_weight, "loss_mask": mask_weight, "loss_dice": dice_weight}
+    weights = dict(base)
+    for i in range(num_aux_layers):
+        weights.update({f"{k}_{i}": v for k, v in base.items()})
+    return weights
+
+
+def _num_masks_per_process(targets: Sequence[Dict[str, Tensor]], device: torch.device) -> float:
+    """Number of target masks in the batch, averaged over processes, at least 1."""
+    num_masks = torch.as_tensor(
+        [float(sum(len(t["labels"]) for t in targets))], dtype=torch.float, device=device
+    )
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(num_masks)
+    return torch.clamp(num_masks / get_world_size(), min=1).item()
+
+
+def _query_index(indices: Indices) -> Tuple[Tensor, Tensor]:
+    """(batch index, query index) of every matched pair, image by image."""
+    batch = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)])
+    return batch, torch.cat([src for src, _ in indices])
+
+
+class SetCriterion(nn.Module):
+    """Loss of MaskFormer's set prediction (see the module docstring)."""
+
+    @configurable
+    def __init__(
+        self,
+        num_classes: int,
+        matcher: nn.Module,
+        weight_dict: Dict[str, float],
+        eos_coef: float,
+        losses: Sequence[str] = ("labels", "masks"),
+    ):
+        """
+        Args:
+            num_classes: K, the number of categories (without "no object").
+            matcher: maps (outputs, targets) to per-image (pred_idx, tgt_idx), e.g.
+                :class:`HungarianMatcher`.
+            weight_dict: loss name -> weight; kept here for the meta-architecture
+                (the losses returned by ``forward`` are unweighted).
+            eos_coef: cross-entropy weight of the "no object" class.
+            losses: which of "labels" (loss_ce) and "masks" (loss_mask, loss_dice) to compute.
+        """
+        super().__init__()
+        unknown = set(losses) - set(self._LOSSES)
+        if unknown:
+            raise ValueError(f"SetCriterion: unknown losses {sorted(unknown)}; "
+                             f"choose from {sorted(self._LOSSES)}")
+        self.num_classes = num_classes
+        self.matcher = matcher
+        self.weight_dict = dict(weight_dict)
+        self.eos_coef = eos_coef
+        self.losses = tuple(losses)
+        empty_weight = torch.ones(num_classes + 1)
+        empty_weight[-1] = eos_coef
+        self.register_buffer("empty_weight", empty_weight)
+
+    _LOSSES = {"labels": "loss_labels", "masks": "loss_masks"}
+
+    @classmethod
+    def from_config(cls, cfg) -> dict:
+        mf = cfg.MODEL.MASK_FORMER
+        num_aux = mf.DEC_LAYERS - 1 if mf.DEEP_SUPERVISION else 0
+        return {
+            "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+            "matcher": HungarianMatcher(cfg),
+            "weight_dict": build_weight_dict(1.0, mf.MASK_WEIGHT, mf.DICE_WEIGHT, num_aux),
+            "eos_coef": mf.NO_OBJECT_WEIGHT,
+            "losses": ("labels", "masks"),
+        }
+
+    def loss_labels(self, outputs: Mapping[str, Tensor], targets: Sequence[Dict[str, Tensor]],
+                    indices: Indices, num_masks: float) -> Dict[str, Tensor]:
+        """Cross-entropy over K+1 classes of all B*Q queries; unmatched ones target class K."""
+        logits = outputs["pred_logits"].float()  # (B, Q, K+1)
+        target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64,
+                                    device=logits.device)
+        target_classes[_query_index(indices)] = torch.cat(
+            [t["labels"][tgt] for t, (_, tgt) in zip(targets, indices)]
+        ).to(logits.device)
+        loss = F.cross_entropy(logits.transpose(1, 2), target_classes, self.empty_weight.float())
+        return {"loss_ce": loss}
+
+    def loss_masks(self, outputs: Mapping[str, Tensor], targets: Sequence[Dict[str, Tensor]],
+                   indices: Indices, num_masks: float) -> Dict[str, Tensor]:
+        """Focal and dice losses of matched masks at the (padded) target resolution."""
+        pred_masks = outputs["pred_masks"]  # (B, Q, h, w)
+        src = pred_masks[_query_index(indices)].float()  # (N, h, w)
+        padded = pad_masks_to_common_size([t["masks"] for t in targets])
+        tgt = torch.cat([m[j] for m, (_, j) in zip(padded, indices)]).to(src)  # (N, H, W)
+        if src.shape[0] == 0:  # no target in the batch: zero losses still attached to the graph
+            zero = pred_masks.sum() * 0.0
+            return {"loss_mask": zero, "loss_dice": zero.clone()}
+        # upsample the predictions (not downsample the targets) to keep the targets exact
+        src = F.interpolate(src[:, None], size=tgt.shape[-2:], mode="bilinear",
+                            align_corners=False)[:, 0]
+        src, tgt = src.flatten(1), tgt.flatten(1)
+        return {
+            "loss_mask": sigmoid_focal_loss(src, tgt, num_masks),
+            "loss_dice": dice_loss(src, tgt, num_masks),
+        }
+
+    def _layer_losses(self, outputs: Mapping[str, Tensor], targets: Sequence[Dict[str, Tensor]],
+                      num_masks: float) -> Dict[str, Tensor]:
+        indices = self.matcher(outputs, targets)
+        losses = {}
+        for name in self.losses:
+            losses.update(getattr(self, self._LOSSES[name])(outputs, targets, indices, num_masks))
+        return losses
+
+    def forward(self, outputs: Mapping, targets: Sequence[Dict[str, Tensor]]) -> Dict[str, Tensor]:
+        """
+        Args:
+            outputs: the head output: "pred_logits" (B, Q, K+1), "pred_masks" (B, Q, h, w) mask
+                logits and optionally "aux_outputs", a list of such dicts for earlier layers.
+            targets: per image {"labels": (n,) int64 in [0, K), "masks": (n, H, W) bool/float}.
+
+        Returns:
+            unweighted float32 scalar losses: loss_ce, loss_mask, loss_dice and, for each
+            auxiliary layer i, loss_ce_i, loss_mask_i, loss_dice_i.
+        """
+        if targets is None:
+            raise ValueError("SetCriterion: no targets; training needs per-image 'instances' "
+                             "(gt_classes, gt_masks) from the dataset mapper")
+        device = outputs["pred_logits"].device
+        num_masks = _num_masks_per_process(targets, device)
+        with no_autocast(device):
+            final = {k: v for k, v in outputs.items() if k != "aux_outputs"}
+            losses = self._layer_losses(final, targets, num_masks)
+            for i, aux in enumerate(outputs.get("aux_outputs", [])):
+                aux_losses = self._layer_losses(aux, targets, num_masks)
+                losses.update({f"{k}_{i}": v for k, v in aux_losses.items()})
+        return losses
+
+    def weighted(self, losses: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+        """Multiply each loss by its weight; losses without a weight are dropped (as officially)."""
+        return {k: v * self.weight_dict[k] for k, v in losses.items() if k in self.weight_dict}
+
+    def extra_repr(self) -> str:
+        return (f"num_classes={self.num_classes}, eos_coef={self.eos_coef}, losses={self.losses}, "
+                f"weight_dict={self.weight_dict}")
