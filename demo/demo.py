@@ -1,0 +1,301 @@
+#!/usr/bin/env python
+"""MaskFormer demo: segment images, a video or a webcam stream and draw the result.
+
+examples:
+  python demo/demo.py --config-file configs/ade20k-150/maskformer_R50_bs16_160k.yaml \\
+      --input photo.jpg 'photos/*.png' --output vis/ --opts MODEL.WEIGHTS model_final.pkl
+  python demo/demo.py --config-file configs/coco-panoptic/maskformer_panoptic_R50_bs64_554k.yaml \\
+      --input street.jpg --output vis/ --task all --opts MODEL.WEIGHTS https://.../model_final.pkl
+  python demo/demo.py --config-file CFG --video-input clip.mp4 --output vis/ --opts MODEL.WEIGHTS W
+"""
+import argparse
+import glob
+import itertools
+import logging
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+# detectron2 imports torch.jit.script, which torch now marks deprecated; not the user's concern
+warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated")
+# FFmpeg's own messages about undecodable files (read before cv2 is imported); we report those ourselves
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+
+EPILOG = """
+tasks:
+  semantic   class of every pixel (all configs)
+  instance   one mask per object of a "thing" class (needs a dataset with thing classes)
+  panoptic   things as instances, stuff as regions (needs a dataset with thing classes)
+  all        the three side by side in one image
+  (default: what the config enables: panoptic, else instance, else semantic)
+
+output:
+  --output DIR      one PNG per input image (DIR/<input name>.png), DIR/<video name>.mp4 for a video
+  --output FILE     with a single input image (FILE ends in .png/.jpg) or a video (.mp4)
+  no --output       show the results in a window (needs a display and an OpenCV with GUI support)
+
+exit status:
+  0  everything was processed
+  1  an input could not be read (missing file, glob matching nothing, not an image, corrupt or
+     truncated file), or the config / checkpoint / video is unusable. A bad input among several is
+     reported on its own line and the others are still processed; the exit status is 1 at the end.
+  2  wrong command line (e.g. no --output and no display)
+"""
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov")
+GLOB_CHARS = set("*?[")
+
+logger = logging.getLogger("maskformer_d2.demo")
+
+
+class UsageError(Exception):
+    """Wrong or contradictory command line; exit status 2."""
+
+
+def get_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("--config-file", required=True, metavar="FILE", help="a maskformer_d2 / official MaskFormer YAML")
+    source = ap.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", nargs="+", metavar="PATH", help="images or quoted glob patterns ('dir/*.jpg')")
+    source.add_argument("--video-input", metavar="VIDEO", help="a video file")
+    source.add_argument("--webcam", action="store_true", help="the first camera (stop with Esc or Ctrl-C)")
+    ap.add_argument("--output", metavar="DIR_OR_FILE", help="where to write the renderings (see below)")
+    ap.add_argument("--task", choices=["semantic", "instance", "panoptic", "all"], help="what to draw (see below)")
+    ap.add_argument("--confidence-threshold", type=float, default=0.5, metavar="T",
+                    help="instances scoring below T are not drawn (default 0.5)")
+    ap.add_argument("--verbose", action="store_true", help="show detectron2's log and the traceback of errors")
+    ap.add_argument("--opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE",
+                    help="config overrides, e.g. MODEL.WEIGHTS model.pkl MODEL.DEVICE cpu")
+    return ap
+
+
+def setup_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    logger.setLevel(logging.INFO)
+    logging.getLogger("maskformer_d2").setLevel(logging.INFO)
+    for name in ("detectron2", "fvcore", "iopath"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def setup_cfg(args):
+    from detectron2.config import get_cfg
+
+    from maskformer_d2 import add_maskformer_config
+
+    if not os.path.isfile(args.config_file):
+        raise FileNotFoundError(f"--config-file {args.config_file}: no such file")
+    cfg = get_cfg()
+    add_maskformer_config(cfg)
+    # d2 reports unknown keys and bad values with KeyError / AssertionError / yaml errors
+    try:
+        cfg.merge_from_file(args.config_file)
+    except Exception as e:
+        raise ValueError(f"--config-file {args.config_file}: {_first_line(e)}") from e
+    try:
+        cfg.merge_from_list(args.opts)
+    except Exception as e:
+        raise ValueError(f"--opts: {_first_line(e)}") from e
+    cfg.freeze()
+    return cfg
+
+
+def _first_line(e: BaseException) -> str:
+    """The first line of an exception's message (a KeyError's without the quotes str() adds)."""
+    message = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    return message.splitlines()[0] if message else type(e).__name__
+
+
+def expand_inputs(patterns: List[str]) -> Tuple[List[str], List[str]]:
+    """Paths named by ``patterns`` (globs expanded, sorted) and one error line per bad pattern."""
+    paths, errors = [], []
+    for pattern in patterns:
+        if GLOB_CHARS & set(pattern) and not os.path.exists(pattern):
+            matches = sorted(p for p in glob.glob(os.path.expanduser(pattern)) if os.path.isfile(p))
+            if not matches:
+                errors.append(f"{pattern}: the pattern matches no file")
+            paths += matches
+        elif not os.path.exists(pattern):
+            errors.append(f"{pattern}: no such file")
+        elif os.path.isdir(pattern):
+            errors.append(f"{pattern}: is a directory; pass '{os.path.join(pattern, '*.jpg')}' (quoted) for its images")
+        else:
+            paths.append(pattern)
+    return paths, errors
+
+
+def output_paths(inputs: List[str], output: str) -> List[str]:
+    """Where each input's rendering goes: ``output`` itself for one input named like an image,
+    else ``output/<input stem>.png`` (made unique when two inputs share a name)."""
+    if len(inputs) == 1 and output.lower().endswith(IMAGE_SUFFIXES) and not os.path.isdir(output):
+        return [output]
+    used, out = set(), []
+    for path in inputs:
+        stem, candidate, i = Path(path).stem, Path(path).stem, 1
+        while candidate in used:
+            candidate, i = f"{stem}_{i}", i + 1
+        used.add(candidate)
+        out.append(os.path.join(output, candidate + ".png"))
+    return out
+
+
+def check_display(args) -> None:
+    """Without --output the results go to a window: make sure one can be opened."""
+    if args.output:
+        return
+    if not os.environ.get("DISPLAY") and sys.platform.startswith("linux"):
+        raise UsageError("no --output given and no display ($DISPLAY is unset); pass --output DIR to write the results")
+    import cv2
+
+    try:
+        cv2.namedWindow("MaskFormer", cv2.WINDOW_NORMAL)
+    except cv2.error:
+        raise UsageError(
+            "no --output given and this OpenCV cannot open windows (opencv-python-headless); "
+            "pass --output DIR to write the results"
+        ) from None
+
+
+def run_images(args, demo, paths: List[str], errors: List[str]) -> int:
+    """Render ``paths``; ``errors`` are the input patterns already reported as bad."""
+    import cv2
+    from tqdm import tqdm
+
+    from maskformer_d2.predictor import ImageReadError, read_image
+
+    targets = output_paths(paths, args.output) if args.output else [None] * len(paths)
+    failed = len(errors)
+    progress = tqdm(list(zip(paths, targets)), unit="image", disable=len(paths) < 2, file=sys.stderr)
+    for path, target in progress:
+        try:
+            image = read_image(path, format="BGR")
+        except ImageReadError as e:
+            progress.write(f"error: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        start = time.perf_counter()
+        predictions, vis = demo.run_on_image(image)
+        seconds = time.perf_counter() - start
+        where = ""
+        if target is not None:
+            os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+            if not cv2.imwrite(target, vis[:, :, ::-1]):
+                progress.write(f"error: {target}: cannot be written", file=sys.stderr)
+                failed += 1
+                continue
+            where = f" -> {target}"
+        progress.write(f"{path}: {demo.summarize(predictions)} in {seconds:.2f}s{where}", file=sys.stderr)
+        if target is None:
+            cv2.imshow("MaskFormer", vis[:, :, ::-1])
+            if cv2.waitKey(0) == 27:  # Esc
+                break
+    if failed:
+        if len(paths) + len(errors) > 1:
+            logger.error("error: %d of %d inputs failed", failed, len(paths) + len(errors))
+        return 1
+    return 0
+
+
+def run_video(args, demo) -> int:
+    import cv2
+    from tqdm import tqdm
+
+    from maskformer_d2.predictor import read_frames
+
+    name = "webcam" if args.webcam else args.video_input
+    if args.video_input and not os.path.isfile(args.video_input):
+        logger.error("error: %s: no such file", args.video_input)
+        return 1
+    video = cv2.VideoCapture(0 if args.webcam else args.video_input)
+    ok, first = video.read() if video.isOpened() else (False, None)
+    if not ok:
+        video.release()
+        logger.error("error: %s: cannot be opened as a video (no frame could be decoded)", name)
+        return 1
+    frames = int(video.get(cv2.CAP_PROP_FRAME_COUNT)) if not args.webcam else 0
+    fps = video.get(cv2.CAP_PROP_FPS) or 30.0
+    writer, target = None, None
+    if args.output:
+        if args.output.lower().endswith(VIDEO_SUFFIXES):
+            target = args.output
+        else:
+            target = os.path.join(args.output, Path(name).stem + ".mp4")
+        os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+    start, count = time.perf_counter(), 0
+    try:
+        stream = demo.run_on_video(itertools.chain([first], read_frames(video)))
+        for _, vis in tqdm(stream, total=frames if frames > 0 else None, unit="frame", file=sys.stderr):
+            count += 1
+            if target is not None:
+                if writer is None:
+                    height, width = vis.shape[:2]
+                    writer = cv2.VideoWriter(target, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+                    if not writer.isOpened():
+                        logger.error("error: %s: cannot be written (no mp4v encoder in this OpenCV)", target)
+                        return 1
+                writer.write(vis)
+            else:
+                cv2.imshow("MaskFormer", vis)
+                if cv2.waitKey(1) == 27:  # Esc
+                    break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        video.release()
+        if writer is not None:
+            writer.release()
+    seconds = time.perf_counter() - start
+    where = f" -> {target}" if target else ""
+    logger.info("%s: %d frames in %.1fs (%.2fs per frame)%s", name, count, seconds, seconds / count, where)
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        check_display(args)
+        paths, errors = expand_inputs(args.input) if args.input else ([], [])
+        for line in errors:  # reported before the (slow) model build; the good inputs still run
+            logger.error("error: %s", line)
+        if args.input and not paths:
+            return 1
+        cfg = setup_cfg(args)
+        from maskformer_d2.predictor import VisualizationDemo
+
+        demo = VisualizationDemo(cfg, task=args.task, confidence_threshold=args.confidence_threshold)
+        if args.input:
+            return run_images(args, demo, paths, errors)
+        return run_video(args, demo)
+    except UsageError as e:
+        parser.print_usage(sys.stderr)
+        logger.error("error: %s", e)
+        return 2
+    except KeyboardInterrupt:
+        logger.error("interrupted")
+        return 130
+    except Exception as e:  # the CLI's one-line report; --verbose adds the traceback
+        if args.verbose:
+            logger.exception("error: %s", e)
+            return 1
+        message = _first_line(e)
+        if not isinstance(e, (OSError, ValueError, KeyError)):  # not one of the errors we word ourselves
+            message = f"{type(e).__name__}: {message} (--verbose shows the traceback)"
+        logger.error("error: %s", message)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

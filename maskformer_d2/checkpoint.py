@@ -1,0 +1,330 @@
+"""Loading MaskFormer weights strictly, with one clear error when they do not fit the config.
+
+detectron2's ``DetectionCheckpointer`` only warns about missing keys and silently skips tensors whose
+shape differs from the model's, so a checkpoint for 150 classes "loads" into a 134-class model and
+the mistake shows up as garbage predictions. ``MaskFormerCheckpointer`` keeps everything d2 does
+(local paths and http(s) URLs through PathManager, d2 model-zoo ``.pkl`` files, the
+``matching_heuristics`` convention for ImageNet-pretrained backbones) and adds:
+
+* a full-model checkpoint must fit exactly: any missing key, unexpected key or shape mismatch raises
+  :class:`CheckpointMismatchError` whose message names the keys and the config key to check;
+* a backbone-only checkpoint (``"matching_heuristics": True``, as written by ``tools/convert-*``)
+  may leave the head uninitialised as in d2, but a shape mismatch where it loads (e.g. the
+  backbone) or "nothing matched" still raises;
+* ``.pth`` files are read with ``torch.load(weights_only=True)``; only files that need full pickle
+  (old trainer checkpoints with Python objects) fall back to it, with a warning;
+* unreadable or missing files raise one-line errors (:class:`CheckpointReadError`,
+  ``FileNotFoundError``).
+"""
+import logging
+import os
+import pickle
+import re
+from collections import Counter, OrderedDict
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+from fvcore.common.checkpoint import _IncompatibleKeys
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.checkpoint.c2_model_loading import convert_c2_detectron_names
+
+__all__ = [
+    "MaskFormerCheckpointer",
+    "CheckpointMismatchError",
+    "CheckpointReadError",
+    "describe_mismatch",
+    "summarize_keys",
+    "read_state_dict",
+    "write_d2_checkpoint",
+]
+
+logger = logging.getLogger(__name__)
+
+# Entries a checkpoint may lack because the model rebuilds them from the config alone.
+_DERIVED_FROM_CONFIG = (
+    re.compile(r"(^|\.)criterion\.empty_weight$"),  # ones with NO_OBJECT_WEIGHT last
+)
+
+# Which config key most likely explains a misfit key, first match wins (checked in this order).
+_HINTS: Sequence[Tuple[re.Pattern, str]] = [
+    (re.compile(r"class_embed|criterion\.empty_weight"), "MODEL.SEM_SEG_HEAD.NUM_CLASSES"),
+    (re.compile(r"query_embed"), "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES"),
+    (
+        re.compile(r"pixel_decoder\.(transformer|input_proj)"),
+        "MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME (and TRANSFORMER_ENC_LAYERS)",
+    ),
+    (re.compile(r"predictor\.transformer\.decoder\.layers"), "MODEL.MASK_FORMER.DEC_LAYERS"),
+    (
+        re.compile(r"predictor\.input_proj"),
+        "MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE (and ENFORCE_INPUT_PROJ)",
+    ),
+    (re.compile(r"^backbone\."), "MODEL.BACKBONE.NAME (and MODEL.RESNETS.* / MODEL.SWIN.*)"),
+    (re.compile(r"mask_embed|mask_features"), "MODEL.SEM_SEG_HEAD.MASK_DIM"),
+    (re.compile(r"pixel_decoder\."), "MODEL.SEM_SEG_HEAD.CONVS_DIM"),
+    (re.compile(r"predictor\."), "MODEL.MASK_FORMER.HIDDEN_DIM (and DIM_FEEDFORWARD)"),
+]
+_FALLBACK_HINT = "MODEL.META_ARCHITECTURE"
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint's keys or shapes do not fit the model built from the config."""
+
+
+class CheckpointReadError(OSError):
+    """The checkpoint file exists but cannot be read as a .pth / .pkl checkpoint."""
+
+
+# ----------------------------------------------------------------------------- messages
+def _common_prefix(keys: Sequence[str]) -> str:
+    parts = [k.split(".") for k in keys]
+    prefix = []
+    for column in zip(*parts):
+        if any(c != column[0] for c in column):
+            break
+        prefix.append(column[0])
+    return ".".join(prefix)
+
+
+def summarize_keys(keys: Iterable[str], max_groups: int = 3) -> str:
+    """Compress state-dict keys into a few ``prefix.*`` patterns, e.g. ``sem_seg_head.predictor.*``.
+
+    Keys are grouped by their first two dotted components; each group is shown by its longest
+    common dotted prefix (or the key itself when alone).
+    """
+    groups: "OrderedDict[str, List[str]]" = OrderedDict()
+    for k in keys:
+        groups.setdefault(".".join(k.split(".")[:2]), []).append(k)
+    shown = []
+    for members in groups.values():
+        if len(members) == 1:
+            shown.append(members[0])
+        else:
+            shown.append((_common_prefix(members) or members[0].split(".")[0]) + ".*")
+    if len(shown) > max_groups:
+        shown = shown[:max_groups] + [f"... {len(shown) - max_groups} more"]
+    return ", ".join(shown)
+
+
+def _hints(keys: Iterable[str], max_hints: int = 2) -> List[str]:
+    found: List[str] = []
+    for k in keys:
+        for pattern, hint in _HINTS:
+            if pattern.search(k):
+                if hint not in found:
+                    found.append(hint)
+                break
+    ordered = [h for _, h in _HINTS if h in found]  # most specific first
+    return ordered[:max_hints] or [_FALLBACK_HINT]
+
+
+def describe_mismatch(
+    name: str,
+    missing: Sequence[str],
+    unexpected: Sequence[str],
+    shape_mismatches: Sequence[Tuple[str, Tuple[int, ...], Tuple[int, ...]]],
+) -> str:
+    """One line saying how a checkpoint misfits the model and which config key to check.
+
+    Example: ``checkpoint model.pkl: 2 shape mismatches (sem_seg_head.predictor.class_embed.weight:
+    checkpoint (151, 256) vs model (134, 256), ...); is MODEL.SEM_SEG_HEAD.NUM_CLASSES right?``
+    """
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} keys missing ({summarize_keys(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys ({summarize_keys(unexpected)})")
+    if shape_mismatches:
+        shown = [
+            f"{k}: checkpoint {tuple(c)} vs model {tuple(m)}" for k, c, m in shape_mismatches[:3]
+        ]
+        if len(shape_mismatches) > 3:
+            shown.append(f"... {len(shape_mismatches) - 3} more")
+        parts.append(f"{len(shape_mismatches)} shape mismatches ({', '.join(shown)})")
+    # shape mismatches name the config key most precisely, so they lead the hint
+    hints = _hints([k for k, _, _ in shape_mismatches] + list(missing) + list(unexpected))
+    question = f"is {hints[0]} right?" if len(hints) == 1 else f"are {' and '.join(hints)} right?"
+    return f"checkpoint {name}: {', '.join(parts)}; {question}"
+
+
+# ----------------------------------------------------------------------------- checkpointer
+def _is_url(path: str) -> bool:
+    return "://" in path
+
+
+def _shape(value: Any) -> Tuple[int, ...]:
+    return tuple(getattr(value, "shape", ()))
+
+
+class MaskFormerCheckpointer(DetectionCheckpointer):
+    """``DetectionCheckpointer`` that refuses weights which do not fit the model.
+
+    Args:
+        model, save_dir, save_to_disk, checkpointables: as ``DetectionCheckpointer``.
+        strict: raise :class:`CheckpointMismatchError` when a full-model checkpoint has missing or
+            unexpected keys, and on shape mismatches for any checkpoint. ``False`` gives d2's
+            behaviour (warnings only).
+    """
+
+    def __init__(self, model, save_dir: str = "", *, strict: bool = True, save_to_disk=None, **checkpointables):
+        super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
+        self.strict = strict
+        self._loading: Optional[str] = None
+
+    # ---- reading
+    def load(self, path: str, *args, **kwargs) -> Dict[str, Any]:
+        """Load ``path`` (a local file or an http(s) URL); see the class docstring for the checks."""
+        if path and not _is_url(path) and not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"checkpoint {path}: no such file; set MODEL.WEIGHTS to a .pth/.pkl file or an "
+                "http(s) URL"
+            )
+        self._loading = path
+        try:
+            return super().load(path, *args, **kwargs)
+        except (CheckpointMismatchError, CheckpointReadError, FileNotFoundError):
+            raise
+        except (OSError, RuntimeError, AssertionError) as e:
+            if _is_url(path):  # a failed download: d2/iopath raise many kinds of errors
+                raise CheckpointReadError(f"checkpoint {path}: cannot be downloaded ({e})") from e
+            raise
+        finally:
+            self._loading = None
+
+    def _load_file(self, filename: str) -> Dict[str, Any]:
+        try:
+            data = super()._load_file(filename)
+        except Exception as e:  # unpickling garbage fails in arbitrary ways (KeyError, IndexError, ...)
+            reason = str(e).splitlines()[0][:160] if str(e) else ""
+            raise CheckpointReadError(
+                f"checkpoint {self._loading or filename}: not a readable .pth/.pkl checkpoint "
+                f"({type(e).__name__}: {reason})"
+            ) from e
+        if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+            raise CheckpointReadError(
+                f"checkpoint {self._loading or filename}: not a state dict (found {type(data).__name__})"
+            )
+        model = data["model"]
+        if filename.endswith(".pkl") and data.get("__author__") == "Caffe2" and isinstance(
+            model.get("model"), dict
+        ):
+            # a pickled {"model": state_dict} without "__author__": d2 mistakes it for a Caffe2 file
+            return {"model": model["model"], "__author__": "unknown"}
+        return data
+
+    def _torch_load(self, f: str) -> Any:
+        try:
+            return torch.load(f, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            if "weights_only" not in str(e):
+                raise
+            logger.warning(
+                "checkpoint %s holds Python objects besides tensors; loading it with full pickle "
+                "(only do this with files you trust)", self._loading or f,
+            )
+            return torch.load(f, map_location="cpu", weights_only=False)
+
+    # ---- checking
+    def _load_model(self, checkpoint: Dict[str, Any]) -> _IncompatibleKeys:
+        name = self._loading or "<state dict>"
+        heuristics = bool(checkpoint.get("matching_heuristics", False))
+        ckpt_shapes = {k: _shape(v) for k, v in checkpoint["model"].items()}
+        if heuristics and checkpoint.get("__author__") == "Caffe2":  # d2 renames these before matching
+            renamed, _ = convert_c2_detectron_names(checkpoint["model"])
+            ckpt_shapes = {k: _shape(v) for k, v in renamed.items()}
+        model_state = self.model.state_dict()
+        try:
+            incompatible = super()._load_model(checkpoint)
+        except ValueError as e:  # non-tensor entries, or ambiguous name matching
+            raise CheckpointReadError(f"checkpoint {name}: {e}") from e
+
+        shapes = list(incompatible.incorrect_shapes)
+        misfit = {k for k, _, _ in shapes}  # d2 drops them before loading, so they also come back missing
+        missing = [
+            k for k in incompatible.missing_keys
+            if k not in misfit and not any(p.search(k) for p in _DERIVED_FROM_CONFIG)
+        ]
+        if heuristics:
+            pairs = _suffix_matches(model_state, ckpt_shapes)
+            # Only pairs under the prefix most pairs share (e.g. "backbone.") count: generic names
+            # also suffix-match elsewhere (official Swin files keep their classifier's "norm.weight",
+            # which pairs with "sem_seg_head...adapter_1.norm.weight"); d2 skips those with a
+            # warning, and so do we.
+            prefixes = Counter(k[: len(k) - len(c)] for k, c in pairs.items())
+            main_prefix = prefixes.most_common(1)[0][0] if prefixes else ""
+            shapes += [
+                (k, ckpt_shapes[c], tuple(model_state[k].shape))
+                for k, c in pairs.items()
+                if k not in misfit  # d2 passes a skipped tensor on under its own name: reported once
+                and k[: len(k) - len(c)] == main_prefix and ckpt_shapes[c] != tuple(model_state[k].shape)
+            ]
+            if not pairs and self.strict:
+                raise CheckpointMismatchError(
+                    f"checkpoint {name}: none of its {len(ckpt_shapes)} tensors "
+                    f"({summarize_keys(ckpt_shapes)}) match the model; is MODEL.BACKBONE.NAME right?"
+                )
+        if not self.strict:
+            return incompatible
+        if heuristics:  # a pretrained backbone: the rest of the model stays initialised as built
+            missing, unexpected = [], []
+        else:
+            unexpected = list(incompatible.unexpected_keys)
+        if missing or unexpected or shapes:
+            raise CheckpointMismatchError(describe_mismatch(name, missing, unexpected, shapes))
+        return incompatible
+
+
+def _suffix_matches(model_keys: Iterable[str], ckpt_keys: Iterable[str]) -> Dict[str, str]:
+    """Model key -> the checkpoint key d2's ``align_and_update_state_dicts`` pairs it with.
+
+    That is the longest checkpoint key equal to the model key or a dotted suffix of it. d2 drops a
+    pair whose shapes differ with only a log line, leaving the model key silently "missing"; this
+    redoes the matching so such pairs can be reported.
+    """
+    ckpt_keys = list(ckpt_keys)
+    pairs = {}
+    for key in model_keys:
+        candidates = [c for c in ckpt_keys if key == c or key.endswith("." + c)]
+        if candidates:
+            pairs[key] = max(candidates, key=len)
+    return pairs
+
+
+# ----------------------------------------------------------------------------- files for tools/
+def read_state_dict(path: str, nested_keys: Sequence[str] = ("model", "state_dict")) -> Dict[str, torch.Tensor]:
+    """The tensors of a ``.pth`` file (``torch.load(weights_only=True)``), unwrapping ``{"model": ...}``.
+
+    Raises:
+        FileNotFoundError / CheckpointReadError: one line naming ``path``.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # see MaskFormerCheckpointer._load_file
+        reason = str(e).splitlines()[0][:160] if str(e) else ""
+        raise CheckpointReadError(f"{path}: not a readable .pth file ({type(e).__name__}: {reason})") from e
+    for key in nested_keys:
+        if isinstance(data, dict) and isinstance(data.get(key), dict):
+            data = data[key]
+            break
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise CheckpointReadError(f"{path}: not a state dict of tensors")
+    return data
+
+
+def write_d2_checkpoint(
+    state_dict: Dict[str, torch.Tensor], path: str, author: str, matching_heuristics: bool
+) -> None:
+    """Write a detectron2 model-zoo style ``.pkl``: ``{"model": {name: ndarray}, "__author__", ...}``.
+
+    ``matching_heuristics=True`` marks a partial (e.g. backbone-only) checkpoint whose names d2
+    matches by suffix; :class:`MaskFormerCheckpointer` then lets the rest of the model stay as built.
+    """
+    if not path.endswith(".pkl"):
+        raise ValueError(f"{path}: detectron2 checkpoints written by the tools end in .pkl")
+    model = OrderedDict((k, v.detach().cpu().numpy()) for k, v in state_dict.items())
+    data = {"model": model, "__author__": author, "matching_heuristics": matching_heuristics}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "wb") as f:
+        pickle.dump(data, f)
