@@ -4,6 +4,10 @@ Importing the package registers everything it provides in detectron2's registrie
 backbones, sem-seg heads, datasets) and in its own (pixel decoders, transformer predictors).
 """
 import sys
+import warnings
+
+# detectron2 calls torch.jit.script at import time, which torch >= 2.10 deprecates noisily
+warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
 
 __version__ = "0.1.0"
 
