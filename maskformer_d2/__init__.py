@@ -29,28 +29,23 @@ def _one_line_excepthook(exc_type, exc, tb, _previous=sys.excepthook):
         _previous(exc_type, exc, tb)
 
 
-def _check_dependencies() -> None:
+def _dependencies_importable() -> bool:
+    """True when torch, torchvision and detectron2 import; else one clear error (see below)."""
     for name in ("torch", "torchvision", "detectron2"):
         try:
             __import__(name)
         except ImportError as e:
             # `python -m maskformer_d2.env` must still run to say what is missing
             if "maskformer_d2.env" in getattr(sys, "orig_argv", []):
-                return
+                return False
             sys.excepthook = _one_line_excepthook
             raise MissingDependencyError(_INSTALL_HINT.format(name=name, err=e)) from None
+    return True
 
 
-_check_dependencies()
-
-from .config import add_maskformer_config  # noqa: E402
-from . import modeling  # noqa: E402  (registers meta-arch, backbones, heads, decoders)
-from .modeling import MaskFormer  # noqa: E402
-
-try:  # the data package registers datasets and mappers
-    from . import data  # noqa: E402,F401
-except ModuleNotFoundError as _e:  # pragma: no cover - only while the data package is absent
-    if _e.name != f"{__name__}.data":
-        raise
+if _dependencies_importable():
+    from .config import add_maskformer_config  # noqa: E402
+    from . import data, modeling  # noqa: E402,F401  (registers everything)
+    from .modeling import MaskFormer  # noqa: E402
 
 __all__ = ["add_maskformer_config", "MaskFormer", "MissingDependencyError", "__version__"]

@@ -1,0 +1,34 @@
+"""Set-up facing behaviour: a missing dependency is one line; the env report names versions."""
+import subprocess
+import sys
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_missing_detectron2_is_one_clear_line():
+    proc = _run("-c", "import sys; sys.modules['detectron2'] = None; import maskformer_d2")
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "needs detectron2" in lines[0] and "make setup" in lines[0]
+
+
+def test_missing_dependency_can_still_be_caught_as_import_error():
+    code = ("import sys; sys.modules['detectron2'] = None\n"
+            "try:\n    import maskformer_d2\nexcept ImportError as e:\n    print('caught', type(e).__name__)")
+    proc = _run("-c", code)
+    assert proc.returncode == 0 and "caught MissingDependencyError" in proc.stdout
+
+
+def test_env_report_lists_versions_and_passes_check():
+    import detectron2
+    import torch
+
+    proc = _run("-m", "maskformer_d2.env", "--check")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "torch" in proc.stdout and torch.__version__ in proc.stdout
+    assert detectron2.__version__ in proc.stdout
+    assert any(line.startswith("torchvision ops") and line.endswith("ok") for line in proc.stdout.splitlines())
+    assert "MISSING" not in proc.stdout
