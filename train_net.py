@@ -50,9 +50,12 @@ class SaveOnInterrupt(HookBase):
     def after_train(self):
         t = self.trainer
         if t.iter < t.max_iter and t.iter > t.start_iter and comm.is_main_process():
-            # iterations before t.iter are complete; resume restarts at t.iter
-            t.checkpointer.save("model_interrupted", iteration=t.iter - 1)
-            logger.warning(f"training stopped at iteration {t.iter}: saved model_interrupted.pth; use --resume")
+            # iterations before t.iter are complete (t.iter was interrupted); the trainer's own
+            # state records t.iter too, so step it back: --resume restarts at t.iter
+            interrupted = t.iter
+            t.iter -= 1
+            t.checkpointer.save("model_interrupted", iteration=t.iter)
+            logger.warning(f"training stopped in iteration {interrupted}: saved model_interrupted.pth; use --resume")
 
 
 class Trainer(DefaultTrainer):

@@ -5,8 +5,10 @@ The tests marked ``slow`` train for a minute or more on 2 CPU cores; CI runs the
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Dict, List
 
@@ -24,10 +26,7 @@ TINY = [  # a small model and a small dataset: enough to see learning in a few d
 
 
 def run_train_net(tmp_path: Path, *opts: str, resume: bool = False) -> subprocess.CompletedProcess:
-    env = dict(os.environ, MASKFORMER_D2_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="2")
-    cmd = [sys.executable, str(REPO / "train_net.py"), "--config-file", str(CONFIG)]
-    cmd += ["--resume"] if resume else []
-    cmd += [*TINY, "OUTPUT_DIR", str(tmp_path / "out"), *opts]
+    cmd, env = _train_cmd(tmp_path, *opts, resume=resume)
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
 
 
@@ -36,17 +35,38 @@ def read_metrics(out: Path) -> List[Dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def _train_cmd(tmp_path: Path, *opts: str, resume: bool = False):
+    env = dict(os.environ, MASKFORMER_D2_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="2")
+    cmd = [sys.executable, str(REPO / "train_net.py"), "--config-file", str(CONFIG)]
+    cmd += ["--resume"] if resume else []
+    return cmd + [*TINY, "OUTPUT_DIR", str(tmp_path / "out"), *opts], env
+
+
 @pytest.mark.slow
-def test_train_evaluate_resume(tmp_path):
-    """Loss falls over 45 iterations; mIoU, PQ and mask AP come back finite; --resume continues."""
-    proc = run_train_net(tmp_path, "SOLVER.MAX_ITER", "30", "TEST.EVAL_PERIOD", "0")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_train_evaluate_and_resume_after_a_kill(tmp_path):
+    """SIGTERM mid-run saves a checkpoint; --resume continues from the next iteration and
+    finishes; the loss falls; mIoU, PQ and mask AP come back finite."""
     out = tmp_path / "out"
-    assert (out / "model_final.pth").exists()
-    proc = run_train_net(tmp_path, "SOLVER.MAX_ITER", "45", resume=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    cmd, env = _train_cmd(tmp_path, "SOLVER.MAX_ITER", "45")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    while not (out / "model_0000014.pth").exists():  # first periodic checkpoint
+        assert proc.poll() is None and time.time() < deadline, "training ended before the kill"
+        time.sleep(0.2)
+    time.sleep(2.0)  # a few more iterations that only the interrupt checkpoint keeps
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "--resume" in stderr.splitlines()[-1]  # one line telling how to continue
+    assert (out / "last_checkpoint").read_text().strip() == "model_interrupted.pth"
+    saved = torch.load(out / "model_interrupted.pth", map_location="cpu", weights_only=False)["iteration"]
+    assert 14 < saved < 44
+
+    resumed = run_train_net(tmp_path, "SOLVER.MAX_ITER", "45", resume=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
     log = (out / "log.txt").read_text()
-    assert "Starting training from iteration 30" in log  # no iteration lost or repeated
+    assert f"Starting training from iteration {saved + 1}" in log  # no iteration lost or repeated
+    assert (out / "model_final.pth").exists()
     rows = read_metrics(out)
     losses = [r["total_loss"] for r in rows if "total_loss" in r]
     assert len(losses) >= 2 and losses[-1] < 0.8 * losses[0], losses
