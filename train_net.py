@@ -18,6 +18,7 @@ import torch
 import detectron2.engine.defaults as d2_defaults
 import detectron2.utils.comm as comm
 from detectron2.config import CfgNode, get_cfg
+from detectron2.data import build_detection_train_loader
 from detectron2.engine import DefaultTrainer, HookBase, default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.projects.deeplab import build_lr_scheduler
@@ -69,8 +70,6 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        from detectron2.data import build_detection_train_loader
-
         return build_detection_train_loader(cfg, mapper=build_mapper(cfg, is_train=True))
 
     @classmethod

@@ -60,17 +60,18 @@ def main() -> int:
     import train_net
     from detectron2.engine import default_argument_parser
 
+    from maskformer_d2.data import prepare_shapes
+
     targs = default_argument_parser().parse_args(["--config-file", CONFIG, "OUTPUT_DIR", args.output_dir, *args.opts])
     cfg = train_net.build_cfg(targs)
     start = time.perf_counter()
-    train_net.prepare_shapes(cfg)
+    prepare_shapes(cfg)
     t_data = time.perf_counter() - start
     start = time.perf_counter()
     results = train_net.main(targs)  # trains, then evaluates on DATASETS.TEST
     t_train = time.perf_counter() - start
     numbers = summary(results)
 
-    cfg = train_net.build_cfg(targs)
     cfg.MODEL.WEIGHTS = os.path.join(args.output_dir, "model_final.pth")
     vis = render(cfg, os.path.join(args.output_dir, "vis"), args.num_vis)
 
