@@ -21,14 +21,13 @@ from detectron2.config import CfgNode, get_cfg
 from detectron2.data import build_detection_train_loader
 from detectron2.engine import DefaultTrainer, HookBase, default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
-from detectron2.projects.deeplab import build_lr_scheduler
 from detectron2.utils.logger import setup_logger
 
 from maskformer_d2 import add_maskformer_config
 from maskformer_d2.checkpoint import MaskFormerCheckpointer
 from maskformer_d2.data import build_mapper, prepare_shapes, register_shapes
 from maskformer_d2.evaluation import build_evaluators
-from maskformer_d2.solver import build_optimizer
+from maskformer_d2.solver import build_lr_scheduler, build_optimizer
 from maskformer_d2.test_time_augmentation import SemanticSegmentorWithTTA
 
 logger = logging.getLogger("maskformer_d2")
@@ -82,7 +81,7 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_lr_scheduler(cls, cfg, optimizer):
-        return build_lr_scheduler(cfg, optimizer)  # d2 DeepLab's: WarmupPolyLR and d2's own
+        return build_lr_scheduler(cfg, optimizer)  # WarmupPolyLR (config wins on resume), or d2's
 
     @classmethod
     def test_with_TTA(cls, cfg, model):

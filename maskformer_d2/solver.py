@@ -11,9 +11,11 @@ import torch
 from torch import nn
 
 from detectron2.config import CfgNode
+from detectron2.projects.deeplab.lr_scheduler import WarmupPolyLR as _D2WarmupPolyLR
+from detectron2.solver import build_lr_scheduler as build_d2_lr_scheduler
 from detectron2.solver.build import maybe_add_gradient_clipping
 
-__all__ = ["build_optimizer", "param_groups"]
+__all__ = ["build_optimizer", "build_lr_scheduler", "param_groups", "WarmupPolyLR"]
 
 _NORMS = (
     nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm,
@@ -72,10 +74,45 @@ def _optimizer_class(cfg: CfgNode) -> Type[torch.optim.Optimizer]:
     return maybe_add_gradient_clipping(cfg, classes[name])  # d2's per-parameter clipping
 
 
+def _kernel_kwargs(cfg: CfgNode) -> Dict[str, bool]:
+    """Fused AdamW (one kernel for all tensors: ~5x faster than foreach on a CPU, where the
+    optimiser step was 10% of a quickstart iteration) unless AMP is on: a GradScaler hands fused
+    optimisers still-scaled gradients, which full-model clipping must not see."""
+    if cfg.SOLVER.OPTIMIZER.upper() == "ADAMW" and not cfg.SOLVER.AMP.ENABLED:
+        return {"fused": True}
+    return {"foreach": True}
+
+
 def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
     """The optimiser for ``model`` (``SOLVER.OPTIMIZER``: ADAMW or SGD)."""
     groups = param_groups(model, cfg)
     cls = _optimizer_class(cfg)
     if cfg.SOLVER.OPTIMIZER.upper() == "SGD":
-        return cls(groups, cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM, foreach=True)
-    return cls(groups, cfg.SOLVER.BASE_LR, foreach=True)
+        return cls(groups, cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM, **_kernel_kwargs(cfg))
+    return cls(groups, cfg.SOLVER.BASE_LR, **_kernel_kwargs(cfg))
+
+
+class WarmupPolyLR(_D2WarmupPolyLR):
+    """detectron2 DeepLab's poly schedule, except that the *config* decides its shape on resume.
+
+    The upstream scheduler checkpoints ``max_iters`` and restores it, so resuming with a larger
+    ``SOLVER.MAX_ITER`` drove ``1 - iter / max_iters`` below zero ("math domain error"). Here a
+    checkpoint restores only the position (``last_epoch``) and base LRs; the schedule's length,
+    warm-up and power come from the config of the resumed run.
+    """
+
+    _FROM_CONFIG = ("max_iters", "warmup_factor", "warmup_iters", "warmup_method", "power",
+                    "constant_ending")
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        super().load_state_dict({k: v for k, v in state_dict.items() if k not in self._FROM_CONFIG})
+
+
+def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer):
+    """``SOLVER.LR_SCHEDULER_NAME``: "WarmupPolyLR" (the official recipe), or any of d2's."""
+    s = cfg.SOLVER
+    if s.LR_SCHEDULER_NAME != "WarmupPolyLR":
+        return build_d2_lr_scheduler(cfg, optimizer)
+    return WarmupPolyLR(optimizer, s.MAX_ITER, warmup_factor=s.WARMUP_FACTOR,
+                        warmup_iters=s.WARMUP_ITERS, warmup_method=s.WARMUP_METHOD,
+                        power=s.POLY_LR_POWER, constant_ending=s.POLY_LR_CONSTANT_ENDING)

@@ -6,7 +6,7 @@ from torch import nn
 from detectron2.modeling import build_model
 
 from _tiny_maskformer import tiny_cfg
-from maskformer_d2.solver import build_optimizer, param_groups
+from maskformer_d2.solver import build_lr_scheduler, build_optimizer, param_groups
 from maskformer_d2.test_time_augmentation import SemanticSegmentorWithTTA
 
 
@@ -56,6 +56,52 @@ def test_full_model_clipping_bounds_the_total_gradient_norm():
     step = torch.cat([(b - p.detach()).flatten() for b, p in zip(before, model.parameters())])
     assert step.norm().item() == pytest.approx(0.5, rel=1e-4)  # lr 1 x clipped norm 0.5
     assert torch.allclose(step, step[0].expand_as(step))  # clipped as one vector: direction kept
+
+
+def test_adamw_is_fused_and_matches_the_reference_update():
+    """The fused kernel is an implementation detail: same update as the per-tensor AdamW, and the
+    clipping still sees unscaled gradients (AMP keeps the multi-tensor path)."""
+    cfg = tiny_cfg(overrides=["SOLVER.CLIP_GRADIENTS.ENABLED", True, "SOLVER.CLIP_GRADIENTS.CLIP_TYPE",
+                              "full_model", "SOLVER.CLIP_GRADIENTS.CLIP_VALUE", 0.01,
+                              "SOLVER.BASE_LR", 1e-2, "SOLVER.WEIGHT_DECAY", 0.1])
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.Linear(16, 2))
+    ref_model = nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.Linear(16, 2))
+    ref_model.load_state_dict(model.state_dict())
+    opt = build_optimizer(cfg, model)
+    assert all(g["fused"] for g in opt.param_groups)
+    ref = torch.optim.AdamW(param_groups(ref_model, cfg), foreach=False)
+    for _ in range(3):
+        x = torch.randn(4, 8)
+        for m, o in ((model, opt), (ref_model, ref)):
+            o.zero_grad()
+            m(x).square().sum().backward()
+        torch.nn.utils.clip_grad_norm_(ref_model.parameters(), 0.01)
+        opt.step()
+        ref.step()
+    for p, q in zip(model.parameters(), ref_model.parameters()):
+        assert torch.allclose(p, q, atol=1e-6), (p - q).abs().max()
+    amp = build_optimizer(tiny_cfg(overrides=["SOLVER.AMP.ENABLED", True]), nn.Linear(2, 2))
+    assert not amp.param_groups[0]["fused"] and amp.param_groups[0]["foreach"]
+
+
+def test_poly_schedule_resumes_with_a_longer_max_iter():
+    """A checkpoint restores the position in the schedule; the resumed config sets its length."""
+    def scheduler(max_iter):
+        cfg = tiny_cfg(overrides=["SOLVER.LR_SCHEDULER_NAME", "WarmupPolyLR", "SOLVER.MAX_ITER", max_iter,
+                                  "SOLVER.BASE_LR", 1.0, "SOLVER.WARMUP_ITERS", 0, "SOLVER.POLY_LR_POWER", 0.9])
+        return build_lr_scheduler(cfg, build_optimizer(cfg, nn.Linear(2, 2)))
+
+    first = scheduler(100)
+    for _ in range(100):
+        first.optimizer.step()
+        first.step()
+    resumed = scheduler(200)
+    resumed.load_state_dict(first.state_dict())
+    assert resumed.last_epoch == 100 and resumed.max_iters == 200
+    resumed.optimizer.step()
+    resumed.step()  # iteration 101 of 200 (upstream: math domain error)
+    assert resumed.get_last_lr()[0] == pytest.approx((1 - 101 / 200) ** 0.9)
 
 
 def test_unknown_optimizer_is_named():
