@@ -415,6 +415,20 @@ def test_transformer_encoder_input_needs_the_encoder_pixel_decoder():
         head(_tiny_features())
 
 
+def test_pixel_embedding_input_feeds_the_per_pixel_embeddings_to_the_predictor():
+    """TRANSFORMER_IN_FEATURE "pixel_embedding" (Mask2Former's MaskFormerHead option): the queries
+    attend to the stride-4 embeddings the masks are made of."""
+    head = _tiny_head(["MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE", "pixel_embedding"])
+    seen = {}
+    head.predictor.register_forward_pre_hook(lambda m, args: seen.update(x=args[0], emb=args[1]))
+    with torch.no_grad():
+        out = head(_tiny_features())
+    assert seen["x"] is seen["emb"]
+    assert seen["x"].shape == (B, 32, H // 4, W // 4)  # MASK_DIM channels at stride 4
+    assert out["pred_logits"].shape == (B, 4, 6)
+    assert out["pred_masks"].shape == (B, 4, H // 4, W // 4)
+
+
 def test_pre_v2_official_checkpoint_keys_load_into_pixel_decoder():
     """Official checkpoints from before the pixel decoder was a submodule keep its parameters
     directly under the head; they load unchanged (current keys load too)."""

@@ -61,7 +61,7 @@ class MaskFormerHead(LegacyPixelDecoderKeys):
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
         head = cfg.MODEL.SEM_SEG_HEAD
         in_feature = cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE
-        in_channels = predictor_in_channels(in_feature, input_shape, head.CONVS_DIM)
+        in_channels = predictor_in_channels(in_feature, input_shape, head.CONVS_DIM, head.MASK_DIM)
         return {
             "input_shape": {k: v for k, v in input_shape.items() if k in head.IN_FEATURES},
             "num_classes": head.NUM_CLASSES,

@@ -178,7 +178,8 @@ class PerPixelBaselinePlusHead(_PerPixelHead):
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
         ret = super().from_config(cfg, input_shape)
         in_feature = cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE
-        in_channels = predictor_in_channels(in_feature, input_shape, cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM)
+        head = cfg.MODEL.SEM_SEG_HEAD
+        in_channels = predictor_in_channels(in_feature, input_shape, head.CONVS_DIM, head.MASK_DIM)
         ret.update(
             transformer_predictor=build_transformer_predictor(
                 cfg, in_channels, mask_classification=False
