@@ -155,7 +155,7 @@ def cli(argv=None) -> int:
     except KeyboardInterrupt:
         print("train_net: interrupted; the last checkpoint is in OUTPUT_DIR, continue with --resume", file=sys.stderr)
         return 130
-    except (FileNotFoundError, ValueError, KeyError) as e:
+    except (FileNotFoundError, ValueError, KeyError, AssertionError) as e:  # d2 asserts on bad data
         if os.environ.get("MASKFORMER_D2_DEBUG"):
             raise
         print(f"train_net: error: {e}", file=sys.stderr)

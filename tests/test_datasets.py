@@ -257,6 +257,43 @@ def test_missing_dataset_names_path_and_script(name, script):
     assert "\n" not in message and name in message and script in message and root in message
 
 
+def _ade20k_instance_with(tmp_path, json_text: str) -> str:
+    from maskformer_d2.data.datasets.builtin import register_ade20k_instance
+
+    base = tmp_path / "ADEChallengeData2016"
+    (base / "images" / "validation").mkdir(parents=True)
+    (base / "ade20k_instance_val.json").write_text(json_text)
+    for name in ("ade20k_instance_train", "ade20k_instance_val"):
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    register_ade20k_instance(str(tmp_path))
+    return str(base / "ade20k_instance_val.json")
+
+
+def test_empty_annotation_file_names_dataset_and_file(tmp_path):
+    json_file = _ade20k_instance_with(tmp_path, "")  # an empty annotation file
+    try:
+        with pytest.raises(ValueError) as e:
+            DatasetCatalog.get("ade20k_instance_val")
+        message = str(e.value)
+        assert "\n" not in message and "dataset ade20k_instance_val" in message
+        assert json_file in message and "JSONDecodeError" in message
+    finally:
+        from maskformer_d2.data.datasets.builtin import register_ade20k_instance
+
+        for name in ("ade20k_instance_train", "ade20k_instance_val"):
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+        register_ade20k_instance(os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets")))
+
+
+def test_dataset_without_images_is_an_error_naming_it(tmp_path):
+    from maskformer_d2.data.datasets.builtin import lazy_loader
+
+    with pytest.raises(ValueError, match=f"dataset mine: no images in {tmp_path}"):
+        lazy_loader("mine", lambda: [], [str(tmp_path)], "unused")()
+
+
 # ------------------------------------------------------------------ prepare scripts
 SCRIPTS = ["prepare_ade20k_sem_seg", "prepare_ade20k_full_sem_seg",
            "prepare_coco_stuff_10k_v1.0_sem_seg", "prepare_ade20k_pan_seg",

@@ -123,6 +123,21 @@ def test_bad_config_key_is_one_line(tmp_path):
     assert "NO_SUCH_KEY" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
 
 
+def test_empty_annotation_file_is_one_line(tmp_path):
+    """An empty annotation JSON of a registered dataset: one line naming dataset and file, exit 1."""
+    base = tmp_path / "datasets" / "ADEChallengeData2016"
+    (base / "images" / "validation").mkdir(parents=True)
+    (base / "ade20k_instance_val.json").write_text("")
+    cmd, env = _train_cmd(tmp_path, "DATASETS.TEST", "('ade20k_instance_val',)")
+    env["DETECTRON2_DATASETS"] = str(tmp_path / "datasets")
+    proc = subprocess.run([*cmd[:2], "--eval-only", *cmd[2:]],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("train_net: error: dataset ade20k_instance_val: cannot read")
+    assert str(base / "ade20k_instance_val.json") in last and "Traceback" not in proc.stderr
+
+
 # ------------------------------------------------------------------------------------ DDP on CPU
 def _batch(n: int) -> List[Dict]:
     from detectron2.structures import Instances

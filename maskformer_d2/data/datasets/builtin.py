@@ -47,7 +47,11 @@ def dataset_root() -> str:
 
 def lazy_loader(name: str, load: Callable[[], List[Dict[str, Any]]], required: Sequence[str],
                 how: str) -> Callable[[], List[Dict[str, Any]]]:
-    """Wrap a dataset loader so that a missing path fails with one line saying how to create it.
+    """Wrap a dataset loader so that bad data fails with one line naming the dataset and its files.
+
+    A missing path says how to create it; an annotation file that cannot be parsed (empty,
+    truncated, not JSON) or a dataset with no images raises ``ValueError`` naming the dataset
+    and the paths it reads.
 
     Args:
         name: the dataset name, for the message.
@@ -62,7 +66,14 @@ def lazy_loader(name: str, load: Callable[[], List[Dict[str, Any]]], required: S
                 raise FileNotFoundError(
                     f"dataset {name}: {path} is missing; {how} (datasets are looked for under "
                     f"$DETECTRON2_DATASETS, see datasets/README.md)")
-        return load()
+        try:
+            dicts = load()
+        except (ValueError, AssertionError, KeyError, IndexError) as e:  # json / d2 asserts
+            raise ValueError(f"dataset {name}: cannot read {', '.join(required)}: "
+                             f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}") from e
+        if not dicts:
+            raise ValueError(f"dataset {name}: no images in {', '.join(required)}")
+        return dicts
 
     return checked_load
 
