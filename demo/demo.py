@@ -112,9 +112,10 @@ def setup_cfg(args):
 
 
 def _first_line(e: BaseException) -> str:
-    """The first line of an exception's message (a KeyError's without the quotes str() adds)."""
-    message = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-    return message.splitlines()[0] if message else type(e).__name__
+    """The first line of an exception's message, or its type's name."""
+    from maskformer_d2.errors import first_line  # after the dependency check of the first import
+
+    return first_line(e) or type(e).__name__
 
 
 def expand_inputs(patterns: List[str]) -> Tuple[List[str], List[str]]:

@@ -29,6 +29,8 @@ from fvcore.common.checkpoint import _IncompatibleKeys
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.checkpoint.c2_model_loading import convert_c2_detectron_names
 
+from .errors import first_line
+
 __all__ = [
     "MaskFormerCheckpointer",
     "CheckpointMismatchError",
@@ -195,7 +197,7 @@ class MaskFormerCheckpointer(DetectionCheckpointer):
         try:
             data = super()._load_file(filename)
         except Exception as e:  # unpickling garbage fails in arbitrary ways (KeyError, IndexError, ...)
-            reason = str(e).splitlines()[0][:160] if str(e) else ""
+            reason = first_line(e)[:160]
             raise CheckpointReadError(
                 f"checkpoint {self._loading or filename}: not a readable .pth/.pkl checkpoint "
                 f"({type(e).__name__}: {reason})"
@@ -302,7 +304,7 @@ def read_state_dict(path: str, nested_keys: Sequence[str] = ("model", "state_dic
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # see MaskFormerCheckpointer._load_file
-        reason = str(e).splitlines()[0][:160] if str(e) else ""
+        reason = first_line(e)[:160]
         raise CheckpointReadError(f"{path}: not a readable .pth file ({type(e).__name__}: {reason})") from e
     for key in nested_keys:
         if isinstance(data, dict) and isinstance(data.get(key), dict):

@@ -24,6 +24,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
+    from maskformer_d2.errors import first_line
     from maskformer_d2.hf_import import HFImportError, import_hf_maskformer
 
     try:
@@ -32,7 +33,7 @@ def main(argv=None) -> int:
         print(f"error: {args.source}: {e}", file=sys.stderr)
         return 1
     except OSError as e:  # not found locally nor on the hub / in the cache
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        reason = first_line(e) or type(e).__name__
         print(f"error: {args.source}: cannot load a Hugging Face MaskFormer ({reason})", file=sys.stderr)
         return 1
     print(f"wrote {weights}\nwrote {config}")

@@ -26,6 +26,7 @@ from typing import Any, Callable, Dict, List, Sequence
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json, load_sem_seg
 
+from ...errors import first_line
 from .builtin_meta import (
     ade20k_150_categories,
     ade20k_full_meta,
@@ -70,7 +71,7 @@ def lazy_loader(name: str, load: Callable[[], List[Dict[str, Any]]], required: S
             dicts = load()
         except (ValueError, AssertionError, KeyError, IndexError) as e:  # json / d2 asserts
             raise ValueError(f"dataset {name}: cannot read {', '.join(required)}: "
-                             f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}") from e
+                             f"{type(e).__name__}: {first_line(e)}") from e
         if not dicts:
             raise ValueError(f"dataset {name}: no images in {', '.join(required)}")
         return dicts
