@@ -208,7 +208,9 @@ def _thing_mask(cls: int, cx: float, cy: float, r: float, angle: float, size: in
     return canvas.astype(bool)
 
 
-HUE_SPREAD = 30  # OpenCV hue units (0-179) either side of a class's hue; 0 disables the cue
+# OpenCV hue units (0-179) either side of a class's hue centre; centres are 45 apart, so each
+# family shares its outer quarters with its neighbours
+HUE_SPREAD = 30
 
 
 def _random_color(rng: np.random.Generator, cls: int) -> np.ndarray:
