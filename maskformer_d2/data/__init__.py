@@ -3,35 +3,8 @@
 Importing this package registers every dataset name (nothing is read until a dataset is used).
 """
 from . import datasets  # noqa: F401  (registers the datasets)
-from .dataset_mappers import (
-    DATASET_MAPPERS,
-    COCOInstanceLSJDatasetMapper,
-    COCOPanopticLSJDatasetMapper,
-    DETRPanopticDatasetMapper,
-    MaskFormerDatasetMapper,
-    MaskFormerInstanceDatasetMapper,
-    MaskFormerPanopticDatasetMapper,
-    MaskFormerSemanticDatasetMapper,
-    UnreadableFileError,
-    build_augmentations,
-    build_mapper,
-    register_mapper,
-)
+from . import dataset_mappers
+from .dataset_mappers import *  # noqa: F401,F403  (re-exported: see dataset_mappers.__all__)
 from .datasets import prepare_shapes, register_shapes
 
-__all__ = [
-    "DATASET_MAPPERS",
-    "build_mapper",
-    "register_mapper",
-    "build_augmentations",
-    "UnreadableFileError",
-    "MaskFormerDatasetMapper",
-    "MaskFormerSemanticDatasetMapper",
-    "MaskFormerPanopticDatasetMapper",
-    "MaskFormerInstanceDatasetMapper",
-    "DETRPanopticDatasetMapper",
-    "COCOPanopticLSJDatasetMapper",
-    "COCOInstanceLSJDatasetMapper",
-    "prepare_shapes",
-    "register_shapes",
-]
+__all__ = [*dataset_mappers.__all__, "prepare_shapes", "register_shapes"]

@@ -8,6 +8,7 @@ from typing import Callable, Dict, Type, TypeVar
 
 from detectron2.config import CfgNode
 
+from . import mask_former_mappers
 from .augmentation import AUGMENTATION_STYLES, RandomChoice, build_augmentations
 from .mask_former_mappers import (
     COCOInstanceLSJDatasetMapper,
@@ -28,13 +29,7 @@ __all__ = [
     "AUGMENTATION_STYLES",
     "RandomChoice",
     "UnreadableFileError",
-    "MaskFormerDatasetMapper",
-    "MaskFormerSemanticDatasetMapper",
-    "MaskFormerPanopticDatasetMapper",
-    "MaskFormerInstanceDatasetMapper",
-    "DETRPanopticDatasetMapper",
-    "COCOPanopticLSJDatasetMapper",
-    "COCOInstanceLSJDatasetMapper",
+    *mask_former_mappers.__all__,
 ]
 
 #: INPUT.DATASET_MAPPER_NAME -> mapper class (built as ``cls(cfg, is_train=...)``)
