@@ -40,7 +40,6 @@ def main() -> None:
     loader = iter(train_net.Trainer.build_train_loader(cfg))
 
     times = defaultdict(list)
-    hooks = []
 
     def timed(module, name):
         def pre(m, inp):
@@ -48,16 +47,26 @@ def main() -> None:
 
         def post(m, inp, out):
             times[name].append(time.perf_counter() - m._t0)
-        hooks.append(module.register_forward_pre_hook(pre))
-        hooks.append(module.register_forward_hook(post))
+        module.register_forward_pre_hook(pre)
+        module.register_forward_hook(post)
+
+    def timed_method(obj, method, name):  # the heads call pixel_decoder.forward_features
+        inner = getattr(obj, method)
+
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            out = inner(*args, **kwargs)
+            times[name].append(time.perf_counter() - t0)
+            return out
+        setattr(obj, method, wrapper)
 
     timed(model.backbone, "fwd backbone")
     head = model.sem_seg_head
-    timed(head.pixel_decoder, "fwd pixel decoder")
+    timed_method(head.pixel_decoder, "forward_features", "fwd pixel decoder")
     timed(head.predictor, "fwd transformer predictor")
     timed(model.criterion, "fwd criterion (+matcher)")
     if hasattr(model.criterion, "matcher"):
-        timed(model.criterion.matcher, "  of which matcher")
+        timed(model.criterion.matcher, "matcher (part of criterion)")
 
     for it in range(args.warmup + args.iters):
         if it == args.warmup:
