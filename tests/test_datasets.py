@@ -25,6 +25,7 @@ from maskformer_d2.data import (
 )
 from maskformer_d2.data.datasets import shapes as shapes_module
 from maskformer_d2.data.datasets.builtin_meta import load_categories
+from maskformer_d2.data.datasets.shapes import writer as shapes_writer
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(num_train=3, num_val=4, image_size=64)
@@ -79,14 +80,14 @@ def test_reuse_regenerate_and_no_half_dataset_after_a_crash(tmp_path, monkeypatc
     other = prepare_shapes(str(tmp_path), **dict(SMALL, num_val=2))
     assert other != folder and os.path.isdir(folder)
 
-    real = shapes_module._generate_split
+    real = shapes_writer._generate_split
 
     def crash_on_val(spec, split, out, workers=1):
         if split == "val":
             raise KeyboardInterrupt("killed")
         real(spec, split, out, workers)
 
-    monkeypatch.setattr(shapes_module, "_generate_split", crash_on_val)
+    monkeypatch.setattr(shapes_writer, "_generate_split", crash_on_val)
     with pytest.raises(KeyboardInterrupt):
         prepare_shapes(str(tmp_path / "crash"), **SMALL)
     assert os.listdir(tmp_path / "crash") == []  # no half dataset, no temporary folder

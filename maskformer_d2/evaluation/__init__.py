@@ -1,3 +1,0 @@
-from .build import build_evaluators
-
-__all__ = ["build_evaluators"]
