@@ -29,7 +29,8 @@ from fvcore.common.checkpoint import _IncompatibleKeys
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.checkpoint.c2_model_loading import convert_c2_detectron_names
 
-from .errors import first_line
+from ._deprecated import moved_names
+from .errors import CheckpointMismatchError, CheckpointReadError, first_line
 
 __all__ = [
     "MaskFormerCheckpointer",
@@ -37,8 +38,6 @@ __all__ = [
     "CheckpointReadError",
     "describe_mismatch",
     "summarize_keys",
-    "read_state_dict",
-    "write_d2_checkpoint",
 ]
 
 logger = logging.getLogger(__name__)
@@ -67,14 +66,6 @@ _HINTS: Sequence[Tuple[re.Pattern, str]] = [
     (re.compile(r"predictor\."), "MODEL.MASK_FORMER.HIDDEN_DIM (and DIM_FEEDFORWARD)"),
 ]
 _FALLBACK_HINT = "MODEL.META_ARCHITECTURE"
-
-
-class CheckpointMismatchError(ValueError):
-    """The checkpoint's keys or shapes do not fit the model built from the config."""
-
-
-class CheckpointReadError(OSError):
-    """The checkpoint file exists but cannot be read as a .pth / .pkl checkpoint."""
 
 
 # ----------------------------------------------------------------------------- messages
@@ -292,41 +283,5 @@ def _suffix_matches(model_keys: Iterable[str], ckpt_keys: Iterable[str]) -> Dict
     return pairs
 
 
-# ----------------------------------------------------------------------------- files for tools/
-def read_state_dict(path: str, nested_keys: Sequence[str] = ("model", "state_dict")) -> Dict[str, torch.Tensor]:
-    """The tensors of a ``.pth`` file (``torch.load(weights_only=True)``), unwrapping ``{"model": ...}``.
-
-    Raises:
-        FileNotFoundError / CheckpointReadError: one line naming ``path``.
-    """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # see MaskFormerCheckpointer._load_file
-        reason = first_line(e)[:160]
-        raise CheckpointReadError(f"{path}: not a readable .pth file ({type(e).__name__}: {reason})") from e
-    for key in nested_keys:
-        if isinstance(data, dict) and isinstance(data.get(key), dict):
-            data = data[key]
-            break
-    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise CheckpointReadError(f"{path}: not a state dict of tensors")
-    return data
-
-
-def write_d2_checkpoint(
-    state_dict: Dict[str, torch.Tensor], path: str, author: str, matching_heuristics: bool
-) -> None:
-    """Write a detectron2 model-zoo style ``.pkl``: ``{"model": {name: ndarray}, "__author__", ...}``.
-
-    ``matching_heuristics=True`` marks a partial (e.g. backbone-only) checkpoint whose names d2
-    matches by suffix; :class:`MaskFormerCheckpointer` then lets the rest of the model stay as built.
-    """
-    if not path.endswith(".pkl"):
-        raise ValueError(f"{path}: detectron2 checkpoints written by the tools end in .pkl")
-    model = OrderedDict((k, v.detach().cpu().numpy()) for k, v in state_dict.items())
-    data = {"model": model, "__author__": author, "matching_heuristics": matching_heuristics}
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "wb") as f:
-        pickle.dump(data, f)
+# names that lived here before 0.2
+__getattr__ = moved_names(__name__, "maskformer_d2.convert.files", ["read_state_dict", "write_d2_checkpoint"])

@@ -1,6 +1,43 @@
-"""What the one-line error messages of the command-line tools and loaders share."""
+"""Every exception class of maskformer_d2, and what the one-line error reports share.
 
-__all__ = ["first_line"]
+The command-line tools (``train_net.py``, ``demo/demo.py``, ``tools/*``) print ``str(error)`` of
+these as one line and exit non-zero; each message names the file or config key at fault. This
+module imports nothing outside the standard library, so it works before the dependency check.
+"""
+
+__all__ = [
+    "MissingDependencyError",
+    "ImageReadError",
+    "CheckpointReadError",
+    "CheckpointMismatchError",
+    "HFImportError",
+    "UsageError",
+    "first_line",
+]
+
+
+class MissingDependencyError(ImportError):
+    """A dependency of maskformer_d2 is missing; the message says how to install it."""
+
+
+class ImageReadError(OSError):
+    """An image or label file is missing or cannot be decoded; the message names the file."""
+
+
+class CheckpointReadError(OSError):
+    """The checkpoint file exists but cannot be read as a .pth / .pkl checkpoint."""
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint's keys or shapes do not fit the model built from the config."""
+
+
+class HFImportError(ValueError):
+    """The Hugging Face model uses a feature maskformer_d2 cannot express."""
+
+
+class UsageError(Exception):
+    """A wrong or contradictory command line (the demo exits with status 2)."""
 
 
 def first_line(e: BaseException) -> str:

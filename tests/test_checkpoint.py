@@ -14,8 +14,8 @@ from maskformer_d2.checkpoint import (
     MaskFormerCheckpointer,
     describe_mismatch,
     summarize_keys,
-    write_d2_checkpoint,
 )
+from maskformer_d2.convert.files import write_d2_checkpoint
 
 
 @pytest.fixture(scope="module")

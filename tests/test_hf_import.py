@@ -20,7 +20,7 @@ from transformers.models.maskformer.configuration_maskformer import MaskFormerDe
 
 from maskformer_d2 import add_maskformer_config  # noqa: E402
 from maskformer_d2.checkpoint import MaskFormerCheckpointer  # noqa: E402
-from maskformer_d2.hf_import import (  # noqa: E402
+from maskformer_d2.convert.hf import (  # noqa: E402
     HFImportError, config_from_hf, convert_state_dict, import_hf_maskformer,
 )
 

@@ -127,3 +127,12 @@ def test_official_swin_checkpoint_converts_into_the_backbone(tmp_path):
     model = build_model(_swin_cfg())
     MaskFormerCheckpointer(model).load(str(tmp_path / "official_tool.pkl"))
     assert all(torch.equal(model.state_dict()[k], after[k]) for k in after if k.startswith("backbone.layers."))
+
+
+def test_old_import_paths_still_resolve_with_a_deprecation_warning():
+    from maskformer_d2 import checkpoint, convert, hf_import
+
+    with pytest.warns(DeprecationWarning, match=r"maskformer_d2\.hf_import\.import_hf_maskformer moved"):
+        assert hf_import.import_hf_maskformer is convert.hf.import_hf_maskformer
+    with pytest.warns(DeprecationWarning, match=r"maskformer_d2\.checkpoint\.write_d2_checkpoint moved"):
+        assert checkpoint.write_d2_checkpoint is convert.files.write_d2_checkpoint

@@ -12,9 +12,6 @@ registered dataset whose class names equal the model's labels (empty when none d
 import argparse
 import logging
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(argv=None) -> int:
@@ -25,7 +22,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     from maskformer_d2.errors import first_line
-    from maskformer_d2.hf_import import HFImportError, import_hf_maskformer
+    from maskformer_d2.convert.hf import HFImportError, import_hf_maskformer
 
     try:
         weights, config = import_hf_maskformer(args.source, args.output_dir)

@@ -10,29 +10,11 @@ without the classifier (``head.*``), the classifier's final ``norm.*`` and the `
 ``"matching_heuristics": True``: the per-stage output norms (``backbone.norm0``..``norm3``) and the
 heads stay as initialised, as in the official MaskFormer training.
 """
-import re
 import sys
-from typing import Optional
 
-from _backbone_conversion import StateDict, main, rename_keys
-
-_DROPPED = re.compile(r"(^head\.|^norm\.|\.attn_mask$)")
-
-
-def rename_key(key: str) -> Optional[str]:
-    """MaskFormer name of an official Swin key, or None for classifier-only tensors."""
-    if _DROPPED.search(key):
-        return None
-    return "backbone." + key
-
-
-def convert(state_dict: StateDict) -> StateDict:
-    """Official Swin ImageNet state dict -> ``backbone.*`` tensors of D2SwinTransformer."""
-    if "patch_embed.proj.weight" not in state_dict:
-        raise ValueError("not an official Swin Transformer state dict (no 'patch_embed.proj.weight')")
-    return rename_keys(state_dict, rename_key)
+from maskformer_d2.convert.backbones import convert_swin, main
 
 
 if __name__ == "__main__":
-    sys.exit(main(None, __doc__, convert, author="third_party",
+    sys.exit(main(None, __doc__, convert_swin, author="third_party",
                   input_help="official Swin .pth ({'model': state_dict})"))

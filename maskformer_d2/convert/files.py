@@ -1,0 +1,67 @@
+"""Reading and writing the files of the weight converters (tools/convert-*.py).
+
+* :func:`read_state_dict`: the tensors of a ``.pth`` file (``torch.load(weights_only=True)``);
+* :func:`rename_keys`: a state dict with its keys renamed by a function (keys mapped to None dropped);
+* :func:`write_d2_checkpoint`: a detectron2 model-zoo style ``.pkl``.
+"""
+import os
+import pickle
+from collections import OrderedDict
+from typing import Callable, Dict, Optional, Sequence
+
+import torch
+
+from ..errors import CheckpointReadError, first_line
+
+__all__ = ["StateDict", "read_state_dict", "rename_keys", "write_d2_checkpoint"]
+
+StateDict = Dict[str, torch.Tensor]
+
+
+def read_state_dict(path: str, nested_keys: Sequence[str] = ("model", "state_dict")) -> Dict[str, torch.Tensor]:
+    """The tensors of a ``.pth`` file (``torch.load(weights_only=True)``), unwrapping ``{"model": ...}``.
+
+    Raises:
+        FileNotFoundError / CheckpointReadError: one line naming ``path``.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # see MaskFormerCheckpointer._load_file
+        reason = first_line(e)[:160]
+        raise CheckpointReadError(f"{path}: not a readable .pth file ({type(e).__name__}: {reason})") from e
+    for key in nested_keys:
+        if isinstance(data, dict) and isinstance(data.get(key), dict):
+            data = data[key]
+            break
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise CheckpointReadError(f"{path}: not a state dict of tensors")
+    return data
+
+
+def rename_keys(state_dict: StateDict, rename: Callable[[str], Optional[str]]) -> StateDict:
+    """``{rename(k): v}``, leaving out the keys ``rename`` maps to None."""
+    out = {}
+    for key, value in state_dict.items():
+        new = rename(key)
+        if new is not None:
+            out[new] = value
+    return out
+
+
+def write_d2_checkpoint(
+    state_dict: Dict[str, torch.Tensor], path: str, author: str, matching_heuristics: bool
+) -> None:
+    """Write a detectron2 model-zoo style ``.pkl``: ``{"model": {name: ndarray}, "__author__", ...}``.
+
+    ``matching_heuristics=True`` marks a partial (e.g. backbone-only) checkpoint whose names d2
+    matches by suffix; :class:`MaskFormerCheckpointer` then lets the rest of the model stay as built.
+    """
+    if not path.endswith(".pkl"):
+        raise ValueError(f"{path}: detectron2 checkpoints written by the tools end in .pkl")
+    model = OrderedDict((k, v.detach().cpu().numpy()) for k, v in state_dict.items())
+    data = {"model": model, "__author__": author, "matching_heuristics": matching_heuristics}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "wb") as f:
+        pickle.dump(data, f)

@@ -1,0 +1,447 @@
+"""Import Hugging Face ``transformers`` MaskFormer models (Swin or ResNet backbone) into maskformer_d2.
+
+``MaskFormerForInstanceSegmentation`` is the same network as the official MaskFormer with the
+``BasePixelDecoder`` (no transformer encoder in the pixel decoder) and the transformer decoder on the
+backbone's last feature map, so its weights map one-to-one onto ours:
+
+* :func:`convert_state_dict` renames (and, for attention, concatenates) the tensors;
+* :func:`config_from_hf` builds the matching detectron2 config;
+* :func:`import_hf_maskformer` does both for a model on disk / in the HF cache and writes
+  ``model_final.pth`` and ``config.yaml`` (tools/convert-hf-maskformer-to-d2.py is its CLI).
+
+Conventions that differ from the official code and that the conversion absorbs:
+
+* HF splits fused projections: Swin ``attn.qkv`` into ``query/key/value``, the decoder's
+  ``in_proj_weight`` into ``q_proj/k_proj/v_proj``; they are concatenated back in q, k, v order.
+* HF's FPN lists lateral layers from coarse to fine (``fpn.layers.0`` reads res4); ours are
+  numbered from fine to coarse (``adapter_1`` reads res2), and HF's ``fpn.stem`` is our ``layer_4``.
+* HF's Swin keeps a final ``model.layernorm`` that its backbone outputs never use (the per-stage
+  ``hidden_states_norms`` are the official ``norm0..3``); it is dropped.
+* HF takes ``pixel_values`` already normalised (its image processor divides by 255, then applies
+  ImageNet mean/std); our meta-arch normalises 0..255 RGB images with ``MODEL.PIXEL_MEAN/STD``,
+  which are the same numbers x255.
+
+Numerically the two networks are the same at inference; remaining differences are float rounding
+(HF scales attention logits after the matmul, torch's MultiheadAttention before; BatchNorm in eval
+mode vs FrozenBatchNorm), below 1e-4 (tests/test_hf_import.py). Where HF is *not* the official
+model: HF's MaskFormer has no transformer-encoder pixel decoder, so only ``BasePixelDecoder`` models
+exist there; and HF's auxiliary (deep-supervision) logits, ``use_auxiliary_loss=True``, are computed
+from the decoder's input (all zeros) and the earlier layers' outputs *without* the decoder's final
+LayerNorm, while the official ``aux_outputs`` (and ours) use each earlier layer's output after that
+LayerNorm. This changes HF's training losses only, not its predictions.
+"""
+import json
+import logging
+import os
+import re
+from collections import OrderedDict
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from detectron2.config import CfgNode, get_cfg
+
+from ..config import add_maskformer_config
+from ..errors import HFImportError
+
+__all__ = ["convert_state_dict", "config_from_hf", "import_hf_maskformer", "HFImportError"]
+
+logger = logging.getLogger(__name__)
+
+_ENC = "model.pixel_level_module.encoder."
+_DEC = "model.pixel_level_module.decoder."
+_TRF = "model.transformer_module."
+_HEAD = "sem_seg_head."
+
+# d2 ResNet depth for HF per-stage block counts
+_RESNET_DEPTHS = {
+    ("basic", (2, 2, 2, 2)): 18,
+    ("basic", (3, 4, 6, 3)): 34,
+    ("bottleneck", (3, 4, 6, 3)): 50,
+    ("bottleneck", (3, 4, 23, 3)): 101,
+    ("bottleneck", (3, 8, 36, 3)): 152,
+}
+# ImageNet mean/std of the HF image processor (0..1 scale) are these /255
+_IMAGENET_MEAN = [123.675, 116.280, 103.530]
+_IMAGENET_STD = [58.395, 57.120, 57.375]
+
+
+# ----------------------------------------------------------------------------- key renaming
+# (pattern on the HF key, our key template or function of the match, fused part or None).
+# A fused part "q"/"k"/"v" marks a piece of a tensor that ours stores concatenated.
+_Rule = Tuple[re.Pattern, Callable[[re.Match], str], Optional[str]]
+
+
+def _re(prefix: str) -> str:
+    return "^" + re.escape(prefix)
+
+
+def _rule(pattern: str, target, part: Optional[str] = None) -> _Rule:
+    fn = target if callable(target) else (lambda m, t=target: m.expand(t))
+    return re.compile(pattern), fn, part
+
+
+def _swin_rules() -> List[_Rule]:
+    blk = _re(_ENC) + r"model\.encoder\.layers\.(\d+)\.blocks\.(\d+)\."
+    ours = r"backbone.layers.\1.blocks.\2."
+    rules = [
+        _rule(_re(_ENC) + r"model\.embeddings\.patch_embeddings\.projection\.(weight|bias)$",
+              r"backbone.patch_embed.proj.\1"),
+        _rule(_re(_ENC) + r"model\.embeddings\.norm\.(weight|bias)$", r"backbone.patch_embed.norm.\1"),
+        _rule(blk + r"layernorm_before\.(weight|bias)$", ours + r"norm1.\3"),
+        _rule(blk + r"layernorm_after\.(weight|bias)$", ours + r"norm2.\3"),
+        _rule(blk + r"attention\.self\.(relative_position_bias_table|relative_position_index)$", ours + r"attn.\3"),
+        _rule(blk + r"attention\.output\.dense\.(weight|bias)$", ours + r"attn.proj.\3"),
+        _rule(blk + r"intermediate\.dense\.(weight|bias)$", ours + r"mlp.fc1.\3"),
+        _rule(blk + r"output\.dense\.(weight|bias)$", ours + r"mlp.fc2.\3"),
+        _rule(_re(_ENC) + r"model\.encoder\.layers\.(\d+)\.downsample\.(reduction\.weight|norm\.weight|norm\.bias)$",
+              r"backbone.layers.\1.downsample.\2"),
+        _rule(_re(_ENC) + r"hidden_states_norms\.(\d+)\.(weight|bias)$", r"backbone.norm\1.\2"),
+    ]
+    for part, name in (("q", "query"), ("k", "key"), ("v", "value")):
+        rules.append(_rule(blk + rf"attention\.self\.{name}\.(weight|bias)$", ours + r"attn.qkv.\3", part))
+    return rules
+
+
+def _resnet_rules() -> List[_Rule]:
+    bn = r"normalization\.(weight|bias|running_mean|running_var)$"
+
+    def block(m: re.Match, what: str) -> str:
+        stage, idx = int(m.group(1)), m.group(2)
+        return f"backbone.res{stage + 2}.{idx}.{what}"
+
+    layer = _re(_ENC) + r"encoder\.stages\.(\d+)\.layers\.(\d+)\."
+    return [
+        _rule(_re(_ENC) + r"embedder\.embedder\.convolution\.weight$", "backbone.stem.conv1.weight"),
+        _rule(_re(_ENC) + r"embedder\.embedder\." + bn, r"backbone.stem.conv1.norm.\1"),
+        _rule(layer + r"shortcut\.convolution\.weight$", lambda m: block(m, "shortcut.weight")),
+        _rule(layer + r"shortcut\." + bn, lambda m: block(m, f"shortcut.norm.{m.group(3)}")),
+        _rule(layer + r"layer\.(\d+)\.convolution\.weight$",
+              lambda m: block(m, f"conv{int(m.group(3)) + 1}.weight")),
+        _rule(layer + r"layer\.(\d+)\." + bn,
+              lambda m: block(m, f"conv{int(m.group(3)) + 1}.norm.{m.group(4)}")),
+    ]
+
+
+def _head_rules(num_levels: int) -> List[_Rule]:
+    pd = _HEAD + "pixel_decoder."
+    coarse = num_levels  # HF's fpn.stem is our layer_<num_levels>
+
+    def fpn(m: re.Match, what: str, norm: bool) -> str:
+        level = num_levels - 1 - int(m.group(1))  # fpn.layers.0 reads the second-coarsest level
+        return f"{pd}{what}_{level}{'.norm' if norm else ''}.{m.group(2)}"
+
+    dl = _re(_TRF) + r"decoder\.layers\.(\d+)\."
+    ours = _HEAD + r"predictor.transformer.decoder.layers.\1."
+    rules = [
+        _rule(_re(_DEC) + r"fpn\.stem\.0\.weight$", f"{pd}layer_{coarse}.weight"),
+        _rule(_re(_DEC) + r"fpn\.stem\.1\.(weight|bias)$", pd + f"layer_{coarse}" + r".norm.\1"),
+        _rule(_re(_DEC) + r"fpn\.layers\.(\d+)\.proj\.0\.(weight)$", lambda m: fpn(m, "adapter", False)),
+        _rule(_re(_DEC) + r"fpn\.layers\.(\d+)\.proj\.1\.(weight|bias)$", lambda m: fpn(m, "adapter", True)),
+        _rule(_re(_DEC) + r"fpn\.layers\.(\d+)\.block\.0\.(weight)$", lambda m: fpn(m, "layer", False)),
+        _rule(_re(_DEC) + r"fpn\.layers\.(\d+)\.block\.1\.(weight|bias)$", lambda m: fpn(m, "layer", True)),
+        _rule(_re(_DEC) + r"mask_projection\.(weight|bias)$", pd + r"mask_features.\1"),
+        _rule(_re(_TRF) + r"queries_embedder\.weight$", _HEAD + "predictor.query_embed.weight"),
+        _rule(_re(_TRF) + r"input_projection\.(weight|bias)$", _HEAD + r"predictor.input_proj.\1"),
+        _rule(_re(_TRF) + r"decoder\.layernorm\.(weight|bias)$", _HEAD + r"predictor.transformer.decoder.norm.\1"),
+        _rule(dl + r"self_attn\.o_proj\.(weight|bias)$", ours + r"self_attn.out_proj.\2"),
+        _rule(dl + r"encoder_attn\.o_proj\.(weight|bias)$", ours + r"multihead_attn.out_proj.\2"),
+        _rule(dl + r"self_attn_layer_norm\.(weight|bias)$", ours + r"norm1.\2"),
+        _rule(dl + r"encoder_attn_layer_norm\.(weight|bias)$", ours + r"norm2.\2"),
+        _rule(dl + r"final_layer_norm\.(weight|bias)$", ours + r"norm3.\2"),
+        _rule(dl + r"mlp\.fc1\.(weight|bias)$", ours + r"linear1.\2"),
+        _rule(dl + r"mlp\.fc2\.(weight|bias)$", ours + r"linear2.\2"),
+        _rule(r"^class_predictor\.(weight|bias)$", _HEAD + r"predictor.class_embed.\1"),
+        _rule(r"^mask_embedder\.(\d+)\.0\.(weight|bias)$", _HEAD + r"predictor.mask_embed.layers.\1.\2"),
+        _rule(r"^criterion\.empty_weight$", "criterion.empty_weight"),
+    ]
+    for attn, ours_attn in (("self_attn", "self_attn"), ("encoder_attn", "multihead_attn")):
+        for part in ("q", "k", "v"):
+            rules.append(_rule(dl + rf"{attn}\.{part}_proj\.(weight|bias)$", ours + rf"{ours_attn}.in_proj_\2", part))
+    return rules
+
+
+# HF tensors with no counterpart: the unused final Swin norm, BatchNorm step counters
+_DROPPED = re.compile(r"(^" + re.escape(_ENC) + r"model\.layernorm\.|num_batches_tracked$)")
+
+
+def convert_state_dict(hf_state_dict: Dict[str, torch.Tensor], hf_config) -> "OrderedDict[str, torch.Tensor]":
+    """Rename a ``MaskFormerForInstanceSegmentation`` state dict to maskformer_d2's keys.
+
+    Args:
+        hf_state_dict: ``hf_model.state_dict()``.
+        hf_config: its ``MaskFormerConfig`` (selects the backbone rules and the FPN depth).
+
+    Raises:
+        HFImportError: a tensor no rule knows (an unsupported HF variant), named in the message.
+    """
+    backbone = _backbone_kind(hf_config)
+    num_levels = len(_hf_stage_channels(hf_config))
+    rules = (_swin_rules() if backbone == "swin" else _resnet_rules()) + _head_rules(num_levels)
+    out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+    fused: Dict[str, Dict[str, torch.Tensor]] = {}
+    unknown = []
+    for key, value in hf_state_dict.items():
+        if _DROPPED.search(key):
+            continue
+        for pattern, target, part in rules:
+            m = pattern.match(key)
+            if m is None:
+                continue
+            name = target(m)
+            if part is None:
+                out[name] = value
+            else:
+                fused.setdefault(name, {})[part] = value
+            break
+        else:
+            unknown.append(key)
+    if unknown:
+        raise HFImportError(
+            f"{len(unknown)} Hugging Face tensors have no maskformer_d2 counterpart "
+            f"(e.g. {', '.join(unknown[:3])}); this MaskFormer variant is not supported"
+        )
+    for name, parts in fused.items():
+        if sorted(parts) != ["k", "q", "v"]:
+            raise HFImportError(f"{name}: found only the {sorted(parts)} parts of a fused q/k/v tensor")
+        out[name] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
+    return out
+
+
+# ----------------------------------------------------------------------------- config
+def _backbone_kind(hf_config) -> str:
+    model_type = getattr(hf_config.backbone_config, "model_type", "")
+    if model_type in ("swin", "maskformer-swin"):
+        return "swin"
+    if model_type == "resnet":
+        return "resnet"
+    raise HFImportError(
+        f"backbone {model_type!r}: only Swin and ResNet MaskFormer models can be imported"
+    )
+
+
+def _hf_stage_channels(hf_config) -> List[int]:
+    bb = hf_config.backbone_config
+    if _backbone_kind(hf_config) == "swin":
+        return [int(bb.embed_dim * 2**i) for i in range(len(bb.depths))]
+    return list(bb.hidden_sizes)
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise HFImportError(message)
+
+
+def _swin_overrides(bb) -> Dict[str, Any]:
+    _require(not getattr(bb, "use_absolute_embeddings", False),
+             "Swin with absolute position embeddings (use_absolute_embeddings) is not supported")
+    _require(getattr(bb, "hidden_act", "gelu") == "gelu", f"Swin hidden_act {bb.hidden_act!r}: only 'gelu'")
+    _require(abs(getattr(bb, "layer_norm_eps", 1e-5) - 1e-5) < 1e-12,
+             f"Swin layer_norm_eps {bb.layer_norm_eps}: only 1e-5 (torch's LayerNorm default)")
+    n = len(bb.depths)
+    return {
+        "MODEL.BACKBONE.NAME": "D2SwinTransformer",
+        "MODEL.SWIN.EMBED_DIM": int(bb.embed_dim),
+        "MODEL.SWIN.DEPTHS": list(bb.depths),
+        "MODEL.SWIN.NUM_HEADS": list(bb.num_heads),
+        "MODEL.SWIN.WINDOW_SIZE": int(bb.window_size),
+        "MODEL.SWIN.PATCH_SIZE": int(bb.patch_size),
+        "MODEL.SWIN.MLP_RATIO": float(bb.mlp_ratio),
+        "MODEL.SWIN.QKV_BIAS": bool(bb.qkv_bias),
+        "MODEL.SWIN.PRETRAIN_IMG_SIZE": int(bb.image_size),
+        "MODEL.SWIN.DROP_PATH_RATE": float(bb.drop_path_rate),
+        "MODEL.SWIN.APE": False,
+        "MODEL.SWIN.PATCH_NORM": True,
+        "MODEL.SWIN.OUT_FEATURES": [f"res{i + 2}" for i in range(n)],
+    }
+
+
+def _resnet_overrides(bb) -> Dict[str, Any]:
+    kind = bb.layer_type
+    depth = _RESNET_DEPTHS.get((kind, tuple(bb.depths)))
+    _require(depth is not None,
+             f"ResNet {kind} with depths {list(bb.depths)}: detectron2 builds only "
+             f"{sorted(set(d for d in _RESNET_DEPTHS.values()))}-layer ResNets")
+    widths = list(bb.hidden_sizes)
+    _require(all(b == 2 * a for a, b in zip(widths, widths[1:])),
+             f"ResNet hidden_sizes {widths}: detectron2 doubles the channels every stage")
+    _require(not getattr(bb, "downsample_in_first_stage", False), "ResNet downsample_in_first_stage is not supported")
+    _require(getattr(bb, "hidden_act", "relu") == "relu", f"ResNet hidden_act {bb.hidden_act!r}: only 'relu'")
+    if depth in (18, 34):
+        _require(widths[0] == 64, f"ResNet-{depth} with {widths[0]} res2 channels: detectron2 needs 64")
+    return {
+        "MODEL.BACKBONE.NAME": "build_resnet_backbone",
+        "MODEL.RESNETS.DEPTH": depth,
+        "MODEL.RESNETS.STEM_OUT_CHANNELS": int(bb.embedding_size),
+        "MODEL.RESNETS.RES2_OUT_CHANNELS": widths[0],
+        "MODEL.RESNETS.NUM_GROUPS": 1,
+        # HF's bottleneck is 4x narrower than its output, whatever the width
+        "MODEL.RESNETS.WIDTH_PER_GROUP": widths[0] // 4 if kind == "bottleneck" else 64,
+        "MODEL.RESNETS.STRIDE_IN_1X1": bool(getattr(bb, "downsample_in_bottleneck", False)),
+        "MODEL.RESNETS.NORM": "FrozenBN",
+        "MODEL.RESNETS.STEM_TYPE": "basic",
+        "MODEL.RESNETS.OUT_FEATURES": ["res2", "res3", "res4", "res5"],
+    }
+
+
+def _find_datasets(class_names: Sequence[str]) -> List[Tuple[str, bool]]:
+    """Registered datasets whose metadata lists exactly ``class_names``, with "has thing ids"."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    found = []
+    for name in DatasetCatalog.list():
+        meta = MetadataCatalog.get(name)
+        if any(list(meta.get(field, None) or []) == list(class_names) for field in ("stuff_classes", "thing_classes")):
+            found.append((name, meta.get("thing_dataset_id_to_contiguous_id", None) is not None))
+    return found
+
+
+def _dataset_overrides(hf_config) -> Dict[str, Any]:
+    """DATASETS.TRAIN/TEST naming a registered dataset with the model's class names (display names,
+    thing classes), and PANOPTIC_ON when every such dataset is a panoptic one (e.g. COCO's 133)."""
+    id2label = getattr(hf_config, "id2label", None) or {}
+    names = [id2label.get(i, id2label.get(str(i))) for i in range(int(hf_config.num_labels))]
+    found = _find_datasets(names) if all(names) else []
+    if not found:
+        logger.warning(
+            "the model's %d labels match no registered dataset; DATASETS.TRAIN/TEST are left empty, so "
+            "the demo shows class numbers", len(names),
+        )
+        return {"DATASETS.TRAIN": (), "DATASETS.TEST": ()}
+    # datasets with thing classes first, so that instance / panoptic output can be asked for
+    train = max(found, key=lambda f: (f[1], "train" in f[0]))[0]
+    test = max(found, key=lambda f: (f[1], "val" in f[0]))[0]
+    out: Dict[str, Any] = {"DATASETS.TRAIN": (train,), "DATASETS.TEST": (test,)}
+    if all(has_things for _, has_things in found):  # no semantic-only dataset has these classes
+        out.update({
+            "MODEL.MASK_FORMER.TEST.PANOPTIC_ON": True,  # with the thresholds of the shipped configs
+            "MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD": 0.8,
+            "MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD": 0.8,
+        })
+    return out
+
+
+def _preprocessor_overrides(preprocessor: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """PIXEL_MEAN/STD (0..255 scale) and test sizes equivalent to a HF image processor's settings.
+
+    HF computes ``(x * rescale_factor - mean) / std``, which is ``(x - mean/rescale_factor) /
+    (std/rescale_factor)``; without a processor, ImageNet statistics (HF's default) are assumed.
+    """
+    if not preprocessor:
+        return {"MODEL.PIXEL_MEAN": _IMAGENET_MEAN, "MODEL.PIXEL_STD": _IMAGENET_STD}
+    scale = 1.0 / float(preprocessor.get("rescale_factor", 1 / 255)) if preprocessor.get("do_rescale", True) else 1.0
+    if preprocessor.get("do_normalize", True):
+        mean = [float(m) * scale for m in preprocessor.get("image_mean", [x / 255 for x in _IMAGENET_MEAN])]
+        std = [float(s) * scale for s in preprocessor.get("image_std", [x / 255 for x in _IMAGENET_STD])]
+    else:
+        mean, std = [0.0] * 3, [scale] * 3
+    out: Dict[str, Any] = {"MODEL.PIXEL_MEAN": mean, "MODEL.PIXEL_STD": std}
+    size = preprocessor.get("size")
+    if isinstance(size, dict) and "shortest_edge" in size:
+        out["INPUT.MIN_SIZE_TEST"] = int(size["shortest_edge"])
+        if size.get("longest_edge"):
+            out["INPUT.MAX_SIZE_TEST"] = int(size["longest_edge"])
+    return out
+
+
+def config_overrides(hf_config, preprocessor: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """maskformer_d2 config values (``"MODEL.X.Y": value``) equivalent to a HF ``MaskFormerConfig``.
+
+    Args:
+        hf_config: the ``MaskFormerConfig``.
+        preprocessor: the model's ``preprocessor_config.json`` as a dict (mean/std/test size), if any.
+
+    Raises:
+        HFImportError: a setting maskformer_d2 cannot express, named in the message.
+    """
+    dec = hf_config.decoder_config
+    _require(getattr(dec, "activation_function", "relu") == "relu",
+             f"decoder activation {dec.activation_function!r}: only 'relu'")
+    kind = _backbone_kind(hf_config)
+    bb = hf_config.backbone_config
+    levels = [f"res{i + 2}" for i in range(len(_hf_stage_channels(hf_config)))]
+    out: Dict[str, Any] = {
+        "MODEL.META_ARCHITECTURE": "MaskFormer",
+        "MODEL.WEIGHTS": "",
+        "INPUT.FORMAT": "RGB",
+        "MODEL.SEM_SEG_HEAD.NAME": "MaskFormerHead",
+        "MODEL.SEM_SEG_HEAD.IN_FEATURES": levels,
+        "MODEL.SEM_SEG_HEAD.NUM_CLASSES": int(hf_config.num_labels),
+        "MODEL.SEM_SEG_HEAD.CONVS_DIM": int(hf_config.fpn_feature_size),
+        "MODEL.SEM_SEG_HEAD.MASK_DIM": int(hf_config.mask_feature_size),
+        "MODEL.SEM_SEG_HEAD.NORM": "GN",
+        "MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME": "BasePixelDecoder",
+        "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS": 0,
+        "MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE": levels[-1],
+        "MODEL.MASK_FORMER.ENFORCE_INPUT_PROJ": False,
+        "MODEL.MASK_FORMER.HIDDEN_DIM": int(dec.d_model),
+        "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES": int(dec.num_queries),
+        "MODEL.MASK_FORMER.NHEADS": int(dec.decoder_attention_heads),
+        "MODEL.MASK_FORMER.DIM_FEEDFORWARD": int(dec.decoder_ffn_dim),
+        "MODEL.MASK_FORMER.DEC_LAYERS": int(dec.decoder_layers),
+        "MODEL.MASK_FORMER.ENC_LAYERS": 0,
+        "MODEL.MASK_FORMER.PRE_NORM": False,
+        "MODEL.MASK_FORMER.DROPOUT": float(dec.dropout),
+        "MODEL.MASK_FORMER.NO_OBJECT_WEIGHT": float(hf_config.no_object_weight),
+        "MODEL.MASK_FORMER.DICE_WEIGHT": float(hf_config.dice_weight),
+        "MODEL.MASK_FORMER.MASK_WEIGHT": float(hf_config.mask_weight),
+        "MODEL.MASK_FORMER.SIZE_DIVISIBILITY": 32,
+    }
+    out.update(_swin_overrides(bb) if kind == "swin" else _resnet_overrides(bb))
+    out.update(_preprocessor_overrides(preprocessor))
+
+    out.update(_dataset_overrides(hf_config))
+    return out
+
+
+def config_from_hf(hf_config, preprocessor: Optional[Dict[str, Any]] = None) -> CfgNode:
+    """A full maskformer_d2 config (``get_cfg()`` + ``add_maskformer_config``) for a HF MaskFormer."""
+    cfg = get_cfg()
+    add_maskformer_config(cfg)
+    flat: List[Any] = []
+    for key, value in config_overrides(hf_config, preprocessor).items():
+        flat += [key, value]
+    cfg.merge_from_list(flat)
+    return cfg
+
+
+# ----------------------------------------------------------------------------- end to end
+def _read_preprocessor(name_or_path: str) -> Optional[Dict[str, Any]]:
+    """The model's ``preprocessor_config.json`` (folder or HF cache), or None when it has none."""
+    path = os.path.join(name_or_path, "preprocessor_config.json")
+    if not os.path.isdir(name_or_path):
+        from transformers.utils import cached_file
+
+        try:
+            path = cached_file(name_or_path, "preprocessor_config.json", _raise_exceptions_for_missing_entries=False)
+        except OSError:
+            path = None
+    if not path or not os.path.isfile(path):
+        logger.warning("%s has no preprocessor_config.json; assuming ImageNet mean/std", name_or_path)
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def import_hf_maskformer(name_or_path: str, output_dir: str) -> Tuple[str, str]:
+    """Convert a HF MaskFormer (a ``save_pretrained`` folder or a hub id already in the HF cache).
+
+    Writes ``output_dir/model_final.pth`` (``{"model": state_dict, "__author__": ...}``) and
+    ``output_dir/config.yaml`` (load it with ``cfg.merge_from_file`` after ``add_maskformer_config``).
+
+    Returns:
+        (weights path, config path).
+    """
+    from transformers import MaskFormerForInstanceSegmentation
+
+    model = MaskFormerForInstanceSegmentation.from_pretrained(name_or_path)
+    cfg = config_from_hf(model.config, _read_preprocessor(name_or_path))
+    state = convert_state_dict(model.state_dict(), model.config)
+    os.makedirs(output_dir, exist_ok=True)
+    weights = os.path.join(output_dir, "model_final.pth")
+    torch.save({"model": state, "__author__": f"huggingface:{name_or_path}"}, weights)
+    cfg.MODEL.WEIGHTS = os.path.abspath(weights)
+    config = os.path.join(output_dir, "config.yaml")
+    with open(config, "w") as f:
+        f.write(cfg.dump())
+    return weights, config
