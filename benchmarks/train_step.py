@@ -8,12 +8,10 @@ criterion, backward, optimizer), on the machine it runs on. Prints numbers; asse
 import argparse
 import os
 import statistics
-import sys
 import time
 from collections import defaultdict
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 
 def main() -> None:
@@ -28,16 +26,16 @@ def main() -> None:
     import torch
     from detectron2.engine import default_argument_parser
 
-    import train_net
+    from maskformer_d2.engine import Trainer, build_cfg
 
     if args.threads:
         torch.set_num_threads(args.threads)
     targs = default_argument_parser().parse_args(["--config-file", args.config_file, *args.opts])
-    cfg = train_net.build_cfg(targs)
-    model = train_net.Trainer.build_model(cfg)
+    cfg = build_cfg(targs)
+    model = Trainer.build_model(cfg)
     model.train()
-    optimizer = train_net.Trainer.build_optimizer(cfg, model)
-    loader = iter(train_net.Trainer.build_train_loader(cfg))
+    optimizer = Trainer.build_optimizer(cfg, model)
+    loader = iter(Trainer.build_train_loader(cfg))
 
     times = defaultdict(list)
 

@@ -32,7 +32,7 @@ def convert_one(panoptic_png: str, output_png: str, segments_info: Sequence[Dict
                 category_map: Dict[int, int]) -> None:
     from panopticapi.utils import rgb2id
 
-    from maskformer_d2.data.dataset_mappers.targets import panoptic_to_semantic
+    from maskformer_d2.data.mappers.targets import panoptic_to_semantic
 
     pan_ids = rgb2id(np.asarray(Image.open(panoptic_png).convert("RGB"), dtype=np.uint32))
     semantic = panoptic_to_semantic(pan_ids, segments_info, 255, np.uint8, category_map)

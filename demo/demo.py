@@ -52,10 +52,6 @@ GLOB_CHARS = set("*?[")
 logger = logging.getLogger("maskformer_d2.demo")
 
 
-class UsageError(Exception):
-    """Wrong or contradictory command line; exit status 2."""
-
-
 def get_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         description=__doc__,
@@ -68,7 +64,7 @@ def get_parser() -> argparse.ArgumentParser:
     source.add_argument("--video-input", metavar="VIDEO", help="a video file")
     source.add_argument("--webcam", action="store_true", help="the first camera (stop with Esc or Ctrl-C)")
     ap.add_argument("--output", metavar="DIR_OR_FILE", help="where to write the renderings (see below)")
-    ap.add_argument("--task", choices=["semantic", "instance", "panoptic", "all"], help="what to draw (see below)")
+    ap.add_argument("--task", metavar="TASK", help="what to draw: semantic, instance, panoptic or all (see below)")
     ap.add_argument("--confidence-threshold", type=float, default=0.5, metavar="T",
                     help="instances scoring below T are not drawn (default 0.5)")
     ap.add_argument("--verbose", action="store_true", help="show detectron2's log and the traceback of errors")
@@ -92,10 +88,15 @@ def setup_logging(verbose: bool) -> None:
 def setup_cfg(args):
     from detectron2.config import get_cfg
 
+    from maskformer_d2.errors import UsageError
+
     from maskformer_d2 import add_maskformer_config
+    from maskformer_d2.visualization import task_choices
 
     if not os.path.isfile(args.config_file):
         raise FileNotFoundError(f"--config-file {args.config_file}: no such file")
+    if args.task is not None and args.task not in task_choices():
+        raise UsageError(f"--task {args.task}: choose one of {', '.join(task_choices())}")
     cfg = get_cfg()
     add_maskformer_config(cfg)
     # d2 reports unknown keys and bad values with KeyError / AssertionError / yaml errors
@@ -153,6 +154,8 @@ def output_paths(inputs: List[str], output: str) -> List[str]:
 
 def check_display(args) -> None:
     """Without --output the results go to a window: make sure one can be opened."""
+    from maskformer_d2.errors import UsageError
+
     if args.output:
         return
     if not os.environ.get("DISPLAY") and sys.platform.startswith("linux"):
@@ -173,7 +176,7 @@ def run_images(args, demo, paths: List[str], errors: List[str]) -> int:
     import cv2
     from tqdm import tqdm
 
-    from maskformer_d2.predictor import ImageReadError, read_image
+    from maskformer_d2.data.io import ImageReadError, read_image
 
     targets = output_paths(paths, args.output) if args.output else [None] * len(paths)
     failed = len(errors)
@@ -212,7 +215,7 @@ def run_video(args, demo) -> int:
     import cv2
     from tqdm import tqdm
 
-    from maskformer_d2.predictor import read_frames
+    from maskformer_d2.visualization import read_frames
 
     name = "webcam" if args.webcam else args.video_input
     if args.video_input and not os.path.isfile(args.video_input):
@@ -267,6 +270,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     try:
+        from maskformer_d2.errors import UsageError  # the first import: fails here without a dependency
+    except ImportError as e:  # maskformer_d2.errors.MissingDependencyError says how to install
+        logger.error("error: %s", e)
+        return 1
+    try:
         check_display(args)
         paths, errors = expand_inputs(args.input) if args.input else ([], [])
         for line in errors:  # reported before the (slow) model build; the good inputs still run
@@ -274,7 +282,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.input and not paths:
             return 1
         cfg = setup_cfg(args)
-        from maskformer_d2.predictor import VisualizationDemo
+        from maskformer_d2.visualization import VisualizationDemo
 
         demo = VisualizationDemo(cfg, task=args.task, confidence_threshold=args.confidence_threshold)
         if args.input:

@@ -4,30 +4,13 @@
 (poly LR, ResNet stem type / multi-grid) that the official YAMLs use, so official configs load
 unchanged.
 """
+import logging
+
+import torch
 from detectron2.config import CfgNode as CN
+from detectron2.projects.deeplab import add_deeplab_config
 
-
-def _add_deeplab_keys(cfg: CN) -> None:
-    """The keys of detectron2's ``projects/deeplab`` config that official MaskFormer YAMLs use."""
-    try:
-        from detectron2.projects.deeplab import add_deeplab_config
-    except ImportError:  # an install of detectron2 without its bundled projects
-        add_deeplab_config = None
-    if add_deeplab_config is not None:
-        add_deeplab_config(cfg)
-        return
-    cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
-    cfg.SOLVER.POLY_LR_POWER = 0.9
-    cfg.SOLVER.POLY_LR_CONSTANT_ENDING = 0.0
-    cfg.MODEL.SEM_SEG_HEAD.LOSS_TYPE = "hard_pixel_mining"
-    cfg.MODEL.SEM_SEG_HEAD.PROJECT_FEATURES = ["res2"]
-    cfg.MODEL.SEM_SEG_HEAD.PROJECT_CHANNELS = [48]
-    cfg.MODEL.SEM_SEG_HEAD.ASPP_CHANNELS = 256
-    cfg.MODEL.SEM_SEG_HEAD.ASPP_DILATIONS = [6, 12, 18]
-    cfg.MODEL.SEM_SEG_HEAD.ASPP_DROPOUT = 0.1
-    cfg.MODEL.SEM_SEG_HEAD.USE_DEPTHWISE_SEPARABLE_CONV = False
-    cfg.MODEL.RESNETS.RES5_MULTI_GRID = [1, 2, 4]
-    cfg.MODEL.RESNETS.STEM_TYPE = "deeplab"
+from .tasks import TASKS
 
 
 def add_maskformer_config(cfg: CN) -> None:
@@ -37,13 +20,11 @@ def add_maskformer_config(cfg: CN) -> None:
     """
     if hasattr(cfg.MODEL, "MASK_FORMER"):
         return
-    _add_deeplab_keys(cfg)
+    add_deeplab_config(cfg)  # poly LR, ResNet stem type / multi-grid, SINGLE_CATEGORY_MAX_AREA
 
     # ---- data
     cfg.INPUT.DATASET_MAPPER_NAME = "mask_former_semantic"
     cfg.INPUT.COLOR_AUG_SSD = False
-    # retry random crops until no single category covers more than this fraction of the crop
-    cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
     # pad image and label in the mapper (-1: no padding)
     cfg.INPUT.SIZE_DIVISIBILITY = -1
     # large-scale jitter (LSJ) mappers for COCO: square crop of IMAGE_SIZE after scaling in [MIN, MAX]
@@ -80,12 +61,11 @@ def add_maskformer_config(cfg: CN) -> None:
     mf.TRANSFORMER_DECODER_NAME = "TransformerPredictor"
     # inference
     mf.TEST = CN()
-    mf.TEST.SEMANTIC_ON = True  # ours (the official model always returned sem_seg)
-    mf.TEST.INSTANCE_ON = False  # ours: instance segmentation from the same predictions
-    mf.TEST.PANOPTIC_ON = False
+    # SEMANTIC_ON, INSTANCE_ON, PANOPTIC_ON, ...: one switch per output task (maskformer_d2.tasks)
+    for task in TASKS.values():
+        mf.TEST[task.config_flag] = task.enabled_by_default
     mf.TEST.OVERLAP_THRESHOLD = 0.0
     mf.TEST.OBJECT_MASK_THRESHOLD = 0.0
-    mf.TEST.SEMANTIC_INFERENCE_METHOD = "probabilistic"
     mf.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE = False
     # some backbones (ResNet) report size_divisibility 0; this overrides it
     mf.SIZE_DIVISIBILITY = 32
@@ -126,3 +106,22 @@ def add_maskformer_config(cfg: CN) -> None:
     # the official key (default False): give the transformer predictor a 1x1 conv input
     # projection even when the input already has HIDDEN_DIM channels
     mf.ENFORCE_INPUT_PROJ = False
+
+
+def resolve_device(cfg: CN) -> CN:
+    """``cfg`` itself, or a copy on the CPU when ``MODEL.DEVICE`` asks for CUDA and there is none.
+
+    The one place where that fallback is decided (train_net.py and the predictor both use it);
+    it logs one warning.
+    """
+    if not cfg.MODEL.DEVICE.startswith("cuda") or torch.cuda.is_available():
+        return cfg
+    logging.getLogger(__name__).warning(
+        "MODEL.DEVICE is %s but CUDA is not available: running on the CPU", cfg.MODEL.DEVICE)
+    cfg = cfg.clone()
+    frozen = cfg.is_frozen()
+    cfg.defrost()
+    cfg.MODEL.DEVICE = "cpu"
+    if frozen:
+        cfg.freeze()
+    return cfg

@@ -1,26 +1,89 @@
 """Turn one image's mask-classification prediction into semantic, panoptic or instance output.
 
-All three tasks start from the same prediction of the final decoder layer:
+All tasks start from the same prediction of the final decoder layer, held by
+:class:`ImagePrediction`:
 
 * ``mask_cls``: (Q, K+1) class logits per query, the last class being "no object";
-* ``mask_pred``: (Q, H, W) mask logits per query, at the resolution the output should have.
+* ``mask_pred``: (Q, H, W) mask logits per query, at the resolution the output should have
+  (resized once from the padded prediction and shared by every task that needs it).
 
-and share :func:`class_probabilities`; they differ only in how queries are combined.
+and share :func:`class_probabilities`; they differ only in how queries are combined. The table
+of tasks that calls these functions is :mod:`maskformer_d2.tasks`.
 """
-from typing import Dict, List, Optional, Set, Tuple
+import functools
+from dataclasses import dataclass
+from typing import Dict, FrozenSet, List, Optional, Set, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import BitMasks, Boxes, Instances
 
 __all__ = [
+    "InferenceOptions",
+    "ImagePrediction",
     "class_probabilities",
     "semantic_inference",
     "panoptic_inference",
     "instance_inference",
+    "semantic_output",
+    "panoptic_output",
+    "instance_output",
 ]
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """The settings of post-processing (``MODEL.MASK_FORMER.TEST.*`` and dataset metadata).
+
+    Attributes:
+        thing_ids: contiguous ids of the thing classes (panoptic and instance output need them).
+        object_mask_threshold, overlap_threshold: the panoptic thresholds.
+        detections_per_image: top-k of instance inference (``TEST.DETECTIONS_PER_IMAGE``).
+        sem_seg_postprocess_before_inference: resize mask logits to the output size before
+            semantic inference (the official option; panoptic and instance always are).
+    """
+
+    thing_ids: Optional[FrozenSet[int]] = None
+    object_mask_threshold: float = 0.0
+    overlap_threshold: float = 0.0
+    detections_per_image: int = 100
+    sem_seg_postprocess_before_inference: bool = False
+
+
+class ImagePrediction:
+    """The final-layer prediction of one image, with the mask logits resized at most once.
+
+    Args:
+        mask_cls: (Q, K+1) class logits.
+        padded_mask_pred: (Q, Hpad, Wpad) mask logits at the padded input size.
+        image_size: the (h, w) of the image inside the padding.
+        height, width: the output size (the original image's).
+    """
+
+    def __init__(self, mask_cls: Tensor, padded_mask_pred: Tensor, image_size: Tuple[int, int],
+                 height: int, width: int):
+        self.mask_cls = mask_cls
+        self.padded_mask_pred = padded_mask_pred
+        self.image_size = image_size
+        self.height = height
+        self.width = width
+
+    @property
+    def num_classes(self) -> int:
+        """K, the number of classes without "no object"."""
+        return self.mask_cls.shape[-1] - 1
+
+    @functools.cached_property
+    def mask_pred(self) -> Tensor:
+        """(Q, height, width) mask logits: the padding cropped, then resized to the output size."""
+        return self.resize(self.padded_mask_pred)
+
+    def resize(self, x: Tensor) -> Tensor:
+        """(C, Hpad, Wpad) -> (C, height, width), like detectron2's ``sem_seg_postprocess``."""
+        return sem_seg_postprocess(x, self.image_size, self.height, self.width)
 
 
 def class_probabilities(mask_cls: Tensor, num_classes: Optional[int] = None) -> Tensor:
@@ -168,3 +231,24 @@ def instance_inference(
     result.scores = scores[order]
     result.pred_classes = labels[order]
     return result
+
+
+# ----------------------------------------------------------------------------- per task
+# What each task of :mod:`maskformer_d2.tasks` computes from an :class:`ImagePrediction`.
+def semantic_output(p: ImagePrediction, options: InferenceOptions) -> Tensor:
+    """(K, height, width) semantic scores (the model's "sem_seg")."""
+    if options.sem_seg_postprocess_before_inference:
+        return semantic_inference(p.mask_cls, p.mask_pred)
+    return p.resize(semantic_inference(p.mask_cls, p.padded_mask_pred))
+
+
+def panoptic_output(p: ImagePrediction, options: InferenceOptions) -> Tuple[Tensor, List[Dict]]:
+    """((height, width) int32 segment ids, segments_info) (the model's "panoptic_seg")."""
+    return panoptic_inference(p.mask_cls, p.mask_pred, p.num_classes, options.thing_ids,
+                              options.object_mask_threshold, options.overlap_threshold)
+
+
+def instance_output(p: ImagePrediction, options: InferenceOptions) -> Instances:
+    """Instances at height x width (the model's "instances")."""
+    return instance_inference(p.mask_cls, p.mask_pred, p.num_classes,
+                              options.detections_per_image, options.thing_ids)

@@ -2,7 +2,8 @@
 """The quickstart job: MaskFormer on the built-in shapes dataset, end to end, on a CPU.
 
 1. generates the dataset once (~/.cache/maskformer_d2/shapes, or $MASKFORMER_D2_CACHE);
-2. trains configs/shapes/maskformer_R18_shapes.yaml from scratch with train_net.py's Trainer;
+2. trains configs/shapes/maskformer_R18_shapes.yaml from scratch with train_net.py's Trainer
+   (:mod:`maskformer_d2.engine`);
 3. evaluates one model for all three tasks (SemSegEvaluator, COCOEvaluator, COCOPanopticEvaluator);
 4. prints a table, writes OUTPUT_DIR/quickstart_metrics.json and renders a few validation images
    (semantic | instance | panoptic side by side) to OUTPUT_DIR/vis/.
@@ -17,7 +18,6 @@ import time
 from typing import Dict
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 CONFIG = os.path.join(REPO, "configs", "shapes", "maskformer_R18_shapes.yaml")
 
 
@@ -37,7 +37,8 @@ def render(cfg, out_dir: str, num: int) -> list:
     import cv2
     from detectron2.data import DatasetCatalog
 
-    from maskformer_d2.predictor import VisualizationDemo, read_image
+    from maskformer_d2.data.io import read_image
+    from maskformer_d2.visualization import VisualizationDemo
 
     demo = VisualizationDemo(cfg, task="all")
     os.makedirs(out_dir, exist_ok=True)
@@ -57,18 +58,18 @@ def main() -> int:
     ap.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE pairs")
     args = ap.parse_args()
 
-    import train_net
     from detectron2.engine import default_argument_parser
 
     from maskformer_d2.data import prepare_shapes
+    from maskformer_d2.engine import build_cfg, main as train_and_evaluate
 
     targs = default_argument_parser().parse_args(["--config-file", CONFIG, "OUTPUT_DIR", args.output_dir, *args.opts])
-    cfg = train_net.build_cfg(targs)
+    cfg = build_cfg(targs)
     start = time.perf_counter()
     prepare_shapes(cfg)
     t_data = time.perf_counter() - start
     start = time.perf_counter()
-    results = train_net.main(targs)  # trains, then evaluates on DATASETS.TEST
+    results = train_and_evaluate(targs)  # trains, then evaluates on DATASETS.TEST
     t_train = time.perf_counter() - start
     numbers = summary(results)
 

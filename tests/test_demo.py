@@ -16,14 +16,10 @@ import torch
 from detectron2.modeling import build_model
 
 from _tiny_maskformer import tiny_cfg
-from maskformer_d2.predictor import (
-    ImageReadError,
-    MaskFormerPredictor,
-    VisualizationDemo,
-    configure_task,
-    display_metadata,
-    read_image,
-)
+from maskformer_d2.data.io import ImageReadError, read_image
+from maskformer_d2.data.metadata import display_metadata
+from maskformer_d2.predictor import MaskFormerPredictor
+from maskformer_d2.visualization import VisualizationDemo, configure_task
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "demo" / "demo.py"

@@ -1,14 +1,23 @@
 """Set-up facing behaviour: a missing dependency is one line; the env report names versions."""
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=120)
 
 
-def test_missing_detectron2_is_one_clear_line():
-    proc = _run("-c", "import sys; sys.modules['detectron2'] = None; import maskformer_d2")
+@pytest.mark.parametrize("script", ["train_net.py", "demo/demo.py"])
+def test_missing_detectron2_is_one_clear_line_from_the_entry_points(script):
+    # the library raises; the command-line entry points turn that into one line
+    code = (f"import runpy, sys; sys.modules['detectron2'] = None; sys.argv = [{script!r}, '--config-file', 'x', "
+            f"'--input', 'x.png', '--output', 'out']; runpy.run_path({script!r}, run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from detectron2.structures import Boxes, Instances
-from maskformer_d2.inference import (
+from maskformer_d2.postprocessing import (
     class_probabilities,
     instance_inference,
     panoptic_inference,

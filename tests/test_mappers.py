@@ -12,13 +12,13 @@ from panopticapi.utils import id2rgb
 from PIL import Image
 
 from maskformer_d2.config import add_maskformer_config
+from maskformer_d2.errors import ImageReadError
 from maskformer_d2.data import (
-    DATASET_MAPPERS,
+    DATASET_MAPPER_REGISTRY,
     COCOPanopticLSJDatasetMapper,
     MaskFormerInstanceDatasetMapper,
     MaskFormerPanopticDatasetMapper,
     MaskFormerSemanticDatasetMapper,
-    UnreadableFileError,
     build_augmentations,
     build_mapper,
     register_mapper,
@@ -228,7 +228,7 @@ def test_corrupt_image_error_names_the_file(tmp_path):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8 this is not a jpeg")
     d = {"file_name": str(bad), "sem_seg_file_name": _png(tmp_path, "s.png", np.zeros((H, W), np.uint8))}
-    with pytest.raises(UnreadableFileError, match=r"cannot read image file .*broken\.jpg"):
+    with pytest.raises(ImageReadError, match=r"broken\.jpg: .*; re-create or remove it"):
         _mapper(MaskFormerSemanticDatasetMapper)(d)
     with pytest.raises(OSError, match="missing.png"):  # a missing file: same error family
         _mapper(MaskFormerSemanticDatasetMapper)(dict(d, file_name=str(tmp_path / "missing.png")))
@@ -260,24 +260,36 @@ def test_test_mode_reads_no_labels_and_resizes(tmp_path):
 # ------------------------------------------------------------------ config, registry, LSJ
 def test_registry_names_and_unknown_name():
     assert {"mask_former_semantic", "mask_former_panoptic", "mask_former_instance",
-            "detr_panoptic", "coco_instance_lsj", "coco_panoptic_lsj"} <= set(DATASET_MAPPERS)
+            "detr_panoptic", "coco_instance_lsj", "coco_panoptic_lsj"} <= {k for k, _ in DATASET_MAPPER_REGISTRY}
     cfg = _cfg(**{"INPUT.DATASET_MAPPER_NAME": "mask_former_panoptic"})
     assert type(build_mapper(cfg)) is MaskFormerPanopticDatasetMapper
     cfg.INPUT.DATASET_MAPPER_NAME = "nope"
-    with pytest.raises(ValueError, match=r"'nope' is not a known dataset mapper; known: \["):
+    with pytest.raises(KeyError, match=r"INPUT.DATASET_MAPPER_NAME='nope' is not registered in "
+                                       r"DATASET_MAPPER_REGISTRY; registered: \["):
         build_mapper(cfg)
 
 
-def test_register_custom_mapper():
-    @register_mapper("test_custom_mapper")
-    class Custom(MaskFormerSemanticDatasetMapper):
+def test_register_custom_mapper_and_select_it_from_yaml(tmp_path):
+    @DATASET_MAPPER_REGISTRY.register()
+    class CustomMapperFromYaml(MaskFormerSemanticDatasetMapper):
         pass
 
+    @register_mapper("test_custom_mapper")
+    class Named(MaskFormerSemanticDatasetMapper):
+        pass
+
+    yaml = tmp_path / "custom.yaml"
+    yaml.write_text("INPUT:\n  DATASET_MAPPER_NAME: CustomMapperFromYaml\n")
     try:
-        cfg = _cfg(**{"INPUT.DATASET_MAPPER_NAME": "test_custom_mapper"})
-        assert type(build_mapper(cfg)) is Custom
+        cfg = _cfg()
+        cfg.merge_from_file(str(yaml))
+        mapper = build_mapper(cfg, is_train=True)
+        assert type(mapper) is CustomMapperFromYaml and mapper.is_train
+        cfg.INPUT.DATASET_MAPPER_NAME = "test_custom_mapper"
+        assert type(build_mapper(cfg)) is Named
     finally:
-        DATASET_MAPPERS.pop("test_custom_mapper")
+        DATASET_MAPPER_REGISTRY._obj_map.pop("CustomMapperFromYaml")
+        DATASET_MAPPER_REGISTRY._obj_map.pop("test_custom_mapper")
 
 
 def test_config_augmentations_follow_the_official_recipe():

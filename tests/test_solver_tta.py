@@ -6,8 +6,8 @@ from torch import nn
 from detectron2.modeling import build_model
 
 from _tiny_maskformer import tiny_cfg
-from maskformer_d2.solver import build_lr_scheduler, build_optimizer, param_groups
-from maskformer_d2.test_time_augmentation import SemanticSegmentorWithTTA
+from maskformer_d2.engine.solver import build_lr_scheduler, build_optimizer, param_groups
+from maskformer_d2.engine.tta import SemanticSegmentorWithTTA
 
 
 @pytest.fixture(scope="module")

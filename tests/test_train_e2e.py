@@ -5,7 +5,6 @@ The tests marked ``slow`` train for a minute or more on 2 CPU cores; CI runs the
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -41,14 +40,13 @@ def _train_cmd(tmp_path: Path, *opts: str, resume: bool = False):
     return cmd + [*TINY, "OUTPUT_DIR", str(tmp_path / "out"), *opts], env
 
 
-# train_net.py with one extra hook that sends the process SIGTERM as iteration KILL_AT begins:
+# train_net.py's command line with one extra hook that sends the process SIGTERM as iteration KILL_AT begins:
 # the real signal path, at a known iteration, however slow the machine is
 KILL_AT = 20
 _SIGTERM_AT = f"""
 import os, signal, sys
-sys.path.insert(0, {str(REPO)!r})
-import train_net
 from detectron2.engine import HookBase
+from maskformer_d2.engine import Trainer, cli
 
 
 class SigtermAt(HookBase):
@@ -57,9 +55,9 @@ class SigtermAt(HookBase):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
-_hooks = train_net.Trainer.build_hooks
-train_net.Trainer.build_hooks = lambda self: _hooks(self) + [SigtermAt()]
-sys.exit(train_net.cli(sys.argv[1:]))
+_hooks = Trainer.build_hooks
+Trainer.build_hooks = lambda self: _hooks(self) + [SigtermAt()]
+sys.exit(cli(sys.argv[1:]))
 """
 
 

@@ -1,10 +1,25 @@
-"""Data: dataset mappers (selected by INPUT.DATASET_MAPPER_NAME) and dataset registration.
+"""Data: the image reader, dataset mappers (selected by INPUT.DATASET_MAPPER_NAME), dataset
+registration and the metadata the model and tools read.
 
 Importing this package registers every dataset name (nothing is read until a dataset is used).
 """
 from . import datasets  # noqa: F401  (registers the datasets)
-from . import dataset_mappers
-from .dataset_mappers import *  # noqa: F401,F403  (re-exported: see dataset_mappers.__all__)
+from . import mappers
+from .._deprecated import moved_names
 from .datasets import prepare_shapes, register_shapes
+from .io import ImageReadError, read_image
+from .mappers import *  # noqa: F401,F403  (re-exported: see mappers.__all__)
+from .metadata import display_metadata, thing_ids_from_metadata, train_ignore_label
 
-__all__ = [*dataset_mappers.__all__, "prepare_shapes", "register_shapes"]
+__all__ = [
+    *mappers.__all__,
+    "prepare_shapes",
+    "register_shapes",
+    "ImageReadError",
+    "read_image",
+    "display_metadata",
+    "thing_ids_from_metadata",
+    "train_ignore_label",
+]
+
+__getattr__ = moved_names(__name__, "maskformer_d2.errors", {"UnreadableFileError": "ImageReadError"})

@@ -4,9 +4,10 @@ from typing import Dict, List
 import torch
 from torch import nn
 
-from detectron2.data.detection_utils import read_image
 from detectron2.data.transforms import HFlipTransform
 from detectron2.modeling import DatasetMapperTTA
+
+from ..data.io import read_image
 
 __all__ = ["SemanticSegmentorWithTTA"]
 

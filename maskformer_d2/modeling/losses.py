@@ -7,8 +7,9 @@ Each loss comes in two forms built from one formula (as in DETR):
 * ``batch_dice_cost`` / ``batch_sigmoid_focal_cost``: the same quantity for *every* pair
   ``(inputs[n], targets[m])`` as an ``(N, M)`` matrix (the Hungarian matcher).
 
-Everything is computed in float32 with autocast disabled, so mixed-precision training cannot
-change a loss or a matching. Targets must be binary (0/1) masks.
+Everything is computed in float32: inputs are cast here, and the two callers (the criterion's and
+the matcher's ``cost_matrix``) run under :func:`no_autocast`, so mixed-precision training cannot change
+a loss or a matching. Targets must be binary (0/1) masks.
 """
 import contextlib
 from typing import ContextManager, List, Sequence, Tuple
@@ -72,11 +73,10 @@ def dice_loss(inputs: Tensor, targets: Tensor, num_masks: float) -> Tensor:
     Returns:
         scalar: ``sum_i dice(sigmoid(inputs[i]), targets[i]) / num_masks``.
     """
-    with no_autocast(inputs.device):
-        prob = inputs.float().sigmoid().flatten(1)
-        targets = targets.float().flatten(1)
-        loss = _dice_from_sums((prob * targets).sum(-1), prob.sum(-1), targets.sum(-1))
-        return loss.sum() / num_masks
+    prob = inputs.float().sigmoid().flatten(1)
+    targets = targets.float().flatten(1)
+    loss = _dice_from_sums((prob * targets).sum(-1), prob.sum(-1), targets.sum(-1))
+    return loss.sum() / num_masks
 
 
 def sigmoid_focal_loss(
@@ -94,11 +94,10 @@ def sigmoid_focal_loss(
     Returns:
         scalar: the loss averaged over pixels, summed over masks, divided by ``num_masks``.
     """
-    with no_autocast(inputs.device):
-        targets = targets.float()
-        pos, neg = _focal_terms(inputs.float(), alpha, gamma)
-        loss = pos * targets + neg * (1 - targets)
-        return loss.mean(1).sum() / num_masks
+    targets = targets.float()
+    pos, neg = _focal_terms(inputs.float(), alpha, gamma)
+    loss = pos * targets + neg * (1 - targets)
+    return loss.mean(1).sum() / num_masks
 
 
 def batch_dice_cost(inputs: Tensor, targets: Tensor) -> Tensor:
@@ -111,12 +110,11 @@ def batch_dice_cost(inputs: Tensor, targets: Tensor) -> Tensor:
     Returns:
         (N, M): entry (n, m) is the dice loss of ``inputs[n]`` against ``targets[m]``.
     """
-    with no_autocast(inputs.device):
-        prob = inputs.float().sigmoid()
-        targets = targets.float()
-        return _dice_from_sums(
-            prob @ targets.T, prob.sum(-1)[:, None], targets.sum(-1)[None, :]
-        )
+    prob = inputs.float().sigmoid()
+    targets = targets.float()
+    return _dice_from_sums(
+        prob @ targets.T, prob.sum(-1)[:, None], targets.sum(-1)[None, :]
+    )
 
 
 def batch_sigmoid_focal_cost(
@@ -131,10 +129,9 @@ def batch_sigmoid_focal_cost(
     Returns:
         (N, M): entry (n, m) is ``sigmoid_focal_loss(inputs[n:n+1], targets[m:m+1], 1)``.
     """
-    with no_autocast(inputs.device):
-        targets = targets.float()
-        pos, neg = _focal_terms(inputs.float(), alpha, gamma)
-        return (pos @ targets.T + neg @ (1 - targets).T) / inputs.shape[1]
+    targets = targets.float()
+    pos, neg = _focal_terms(inputs.float(), alpha, gamma)
+    return (pos @ targets.T + neg @ (1 - targets).T) / inputs.shape[1]
 
 
 def pad_masks_to_common_size(masks: Sequence[Tensor]) -> List[Tensor]:

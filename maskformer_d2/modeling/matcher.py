@@ -58,7 +58,8 @@ class HungarianMatcher(nn.Module):
             image_index: used in error messages only.
 
         Returns:
-            (Q, n) float32 cost; raises ValueError if any term is not finite.
+            (Q, n) float32 cost (autocast is off inside); raises ValueError if any term is not
+            finite.
         """
         with no_autocast(logits.device):
             prob = logits.float().softmax(-1)

@@ -1,37 +1,25 @@
 """The MaskFormer meta-architecture: wires backbone, sem-seg head, criterion and post-processing.
 
 Training: images -> backbone -> head -> {pred_logits, pred_masks, aux_outputs} -> SetCriterion.
-Inference: the same predictions -> semantic / panoptic / instance post-processing
-(:mod:`maskformer_d2.inference`), each switched on by ``MODEL.MASK_FORMER.TEST.*_ON``.
+Inference: the same predictions -> each enabled output task of :mod:`maskformer_d2.tasks`
+(semantic, instance, panoptic, ...), switched on by ``MODEL.MASK_FORMER.TEST.*_ON``.
 """
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import Dict, List, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from detectron2.config import configurable
-from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone, build_sem_seg_head
-from detectron2.modeling.postprocessing import sem_seg_postprocess
-from detectron2.structures import BitMasks, ImageList, Instances
+from detectron2.structures import BitMasks, ImageList
 
-from ..inference import instance_inference, panoptic_inference, semantic_inference
+from ..data.metadata import thing_ids_from_metadata
+from ..postprocessing import ImagePrediction, InferenceOptions
+from ..tasks import enabled_tasks, get_task
 from .criterion import SetCriterion
 
-__all__ = ["MaskFormer", "thing_ids_from_metadata"]
-
-
-def thing_ids_from_metadata(dataset_names: Sequence[str]) -> Optional[Set[int]]:
-    """Contiguous ids of "thing" classes of the first dataset, or None when it does not say.
-
-    Like the official code, these are the values of ``thing_dataset_id_to_contiguous_id``.
-    """
-    if not dataset_names:
-        return None
-    meta = MetadataCatalog.get(dataset_names[0])
-    mapping = getattr(meta, "thing_dataset_id_to_contiguous_id", None)
-    return set(mapping.values()) if mapping is not None else None
+__all__ = ["MaskFormer"]
 
 
 @META_ARCH_REGISTRY.register()
@@ -45,18 +33,11 @@ class MaskFormer(nn.Module):
         backbone: Backbone,
         sem_seg_head: nn.Module,
         criterion: SetCriterion,
-        num_queries: int,
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
         size_divisibility: int,
-        semantic_on: bool = True,
-        panoptic_on: bool = False,
-        instance_on: bool = False,
-        sem_seg_postprocess_before_inference: bool = False,
-        object_mask_threshold: float = 0.0,
-        overlap_threshold: float = 0.0,
-        thing_ids: Optional[Set[int]] = None,
-        detections_per_image: int = 100,
+        tasks: Sequence[str] = ("semantic",),
+        inference_options: InferenceOptions = InferenceOptions(),
     ):
         """
         Args:
@@ -64,62 +45,50 @@ class MaskFormer(nn.Module):
             sem_seg_head: returns {"pred_logits": (B, Q, K+1), "pred_masks": (B, Q, H/4, W/4),
                 "aux_outputs": [...]} from the backbone features.
             criterion: the loss module; its ``weight_dict`` weights the returned losses.
-            num_queries: Q, the number of object queries.
             pixel_mean, pixel_std: per-channel normalisation, in ``INPUT.FORMAT`` order.
             size_divisibility: images are padded to a multiple of it (<0: the backbone's).
-            semantic_on, panoptic_on, instance_on: which outputs inference returns.
-            sem_seg_postprocess_before_inference: resize mask logits to the output size before
-                semantic inference (the official option; panoptic and instance always are).
-            object_mask_threshold, overlap_threshold: the panoptic thresholds.
-            thing_ids: contiguous ids of thing classes (panoptic and instance need them).
-            detections_per_image: top-k of instance inference.
+            tasks: names of the outputs inference returns (see :mod:`maskformer_d2.tasks`).
+            inference_options: thresholds, top-k and thing classes of post-processing.
         """
         super().__init__()
         self.backbone = backbone
         self.sem_seg_head = sem_seg_head
         self.criterion = criterion
-        self.num_queries = num_queries
         if size_divisibility < 0:
             size_divisibility = self.backbone.size_divisibility
         self.size_divisibility = size_divisibility
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
-        self.semantic_on = semantic_on
-        self.panoptic_on = panoptic_on
-        self.instance_on = instance_on
-        self.sem_seg_postprocess_before_inference = sem_seg_postprocess_before_inference
-        self.object_mask_threshold = object_mask_threshold
-        self.overlap_threshold = overlap_threshold
-        self.thing_ids = thing_ids
-        self.detections_per_image = detections_per_image
-        if (panoptic_on or instance_on) and thing_ids is None:
+        self.tasks = [get_task(name) for name in tasks]
+        self.inference_options = inference_options
+        needing = [t.name for t in self.tasks if t.needs_thing_classes]
+        if needing and inference_options.thing_ids is None:
             raise ValueError(
-                "MaskFormer: panoptic/instance inference needs the thing classes, but the metadata "
-                "of DATASETS.TRAIN[0] has no thing_dataset_id_to_contiguous_id; use a dataset that "
-                "defines it or turn MODEL.MASK_FORMER.TEST.PANOPTIC_ON/INSTANCE_ON off"
+                f"MaskFormer: {'/'.join(needing)} inference needs the thing classes, but the "
+                "metadata of DATASETS.TRAIN[0] has no thing_dataset_id_to_contiguous_id; use a "
+                "dataset that defines it or turn MODEL.MASK_FORMER.TEST."
+                f"{'/'.join(get_task(n).config_flag for n in needing)} off"
             )
 
     @classmethod
     def from_config(cls, cfg) -> dict:
         backbone = build_backbone(cfg)
         test = cfg.MODEL.MASK_FORMER.TEST
-        thing_ids = thing_ids_from_metadata(cfg.DATASETS.TRAIN)
         return {
             "backbone": backbone,
             "sem_seg_head": build_sem_seg_head(cfg, backbone.output_shape()),
             "criterion": SetCriterion(cfg),
-            "num_queries": cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "size_divisibility": cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY,
-            "semantic_on": test.SEMANTIC_ON,
-            "panoptic_on": test.PANOPTIC_ON,
-            "instance_on": test.INSTANCE_ON,
-            "sem_seg_postprocess_before_inference": test.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE,
-            "object_mask_threshold": test.OBJECT_MASK_THRESHOLD,
-            "overlap_threshold": test.OVERLAP_THRESHOLD,
-            "thing_ids": thing_ids,
-            "detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "tasks": [t.name for t in enabled_tasks(cfg)],
+            "inference_options": InferenceOptions(
+                thing_ids=thing_ids_from_metadata(cfg.DATASETS.TRAIN),
+                object_mask_threshold=test.OBJECT_MASK_THRESHOLD,
+                overlap_threshold=test.OVERLAP_THRESHOLD,
+                detections_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
+                sem_seg_postprocess_before_inference=test.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE,
+            ),
         }
 
     @property
@@ -179,36 +148,8 @@ class MaskFormer(nn.Module):
             outputs["pred_logits"], mask_pred, batched_inputs, images.image_sizes
         ):
             height, width = x.get("height", image_size[0]), x.get("width", image_size[1])
-            results.append(self.inference_single(mask_cls, masks, image_size, height, width))
+            prediction = ImagePrediction(mask_cls, masks, image_size, height, width)
+            results.append(
+                {t.output_key: t.postprocess(prediction, self.inference_options) for t in self.tasks}
+            )
         return results
-
-    def inference_single(
-        self, mask_cls: torch.Tensor, mask_pred: torch.Tensor, image_size: Tuple[int, int], height: int, width: int
-    ) -> Dict:
-        """
-        Args:
-            mask_cls: (Q, K+1) class logits. mask_pred: (Q, Hpad, Wpad) mask logits at padded size.
-            image_size: the (h, w) of the image inside the padding; height, width: output size.
-        """
-        result: Dict = {}
-        resized = None
-        if self.sem_seg_postprocess_before_inference or self.panoptic_on or self.instance_on:
-            resized = sem_seg_postprocess(mask_pred, image_size, height, width)
-        if self.semantic_on:
-            if self.sem_seg_postprocess_before_inference:
-                result["sem_seg"] = semantic_inference(mask_cls, resized)
-            else:
-                result["sem_seg"] = sem_seg_postprocess(
-                    semantic_inference(mask_cls, mask_pred), image_size, height, width
-                )
-        num_classes = mask_cls.shape[-1] - 1
-        if self.panoptic_on:
-            result["panoptic_seg"] = panoptic_inference(
-                mask_cls, resized, num_classes, self.thing_ids,
-                self.object_mask_threshold, self.overlap_threshold,
-            )
-        if self.instance_on:
-            result["instances"] = instance_inference(
-                mask_cls, resized, num_classes, self.detections_per_image, self.thing_ids
-            )
-        return result

@@ -1,7 +1,7 @@
 """The MaskFormer dataset mappers: one shared pipeline, three sources of segments.
 
 A mapper reads the image and its labels, applies the augmentations of
-:func:`~maskformer_d2.data.dataset_mappers.augmentation.build_augmentations` to both, turns the
+:func:`~maskformer_d2.data.mappers.augmentation.build_augmentations` to both, turns the
 labels into one binary mask per segment, and pads image and targets. It returns a detectron2-style
 dict::
 
@@ -23,21 +23,22 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 from detectron2.config import CfgNode, configurable
-from detectron2.data import MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import Instances
 
+from ...errors import ImageReadError
+from ..io import read_image
+from ..metadata import train_ignore_label
 from .augmentation import build_augmentations
+from .build import DATASET_MAPPER_REGISTRY
 from .targets import (
-    UnreadableFileError,
     check_labels,
     drop_empty,
     pad_to,
     padded_size,
     panoptic_masks,
     panoptic_to_semantic,
-    read_file,
     semantic_masks,
     stack_masks,
 )
@@ -57,15 +58,6 @@ logger = logging.getLogger(__name__)
 IMAGE_PAD_VALUE = 128  # what the official mappers pad images with
 ON_BAD_IMAGE_CHOICES = ("error", "skip")
 _LABEL_FILE_KEYS = ("sem_seg_file_name", "pan_seg_file_name", "annotations")
-
-
-def _ignore_label(cfg: CfgNode) -> int:
-    """The ignore label of the first training dataset, MODEL.SEM_SEG_HEAD.IGNORE_VALUE without one."""
-    if len(cfg.DATASETS.TRAIN):
-        meta = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
-        if hasattr(meta, "ignore_label"):
-            return int(meta.ignore_label)
-    return int(cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE)
 
 
 class MaskFormerDatasetMapper:
@@ -122,7 +114,7 @@ class MaskFormerDatasetMapper:
             "is_train": is_train,
             "augmentations": build_augmentations(cfg, is_train, cls.augmentation_style),
             "image_format": cfg.INPUT.FORMAT,
-            "ignore_label": _ignore_label(cfg),
+            "ignore_label": train_ignore_label(cfg),
             "size_divisibility": -1 if lsj else cfg.INPUT.SIZE_DIVISIBILITY,
             "fixed_size": (cfg.INPUT.IMAGE_SIZE, cfg.INPUT.IMAGE_SIZE) if lsj else None,
             "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
@@ -157,7 +149,7 @@ class MaskFormerDatasetMapper:
     def _read_sem_seg(self, path: str) -> np.ndarray:
         """A semantic label file as (H, W) float64, its labels checked."""
         # float64: detectron2's resize has no uint16 kernel (ADE20K-full labels are 16-bit)
-        sem_seg = read_file(path, None, "semantic label").astype(np.float64)
+        sem_seg = read_image(path, None, "semantic label").astype(np.float64)
         check_labels(np.unique(sem_seg), self.num_classes, self.ignore_label, path)
         return sem_seg
 
@@ -166,14 +158,16 @@ class MaskFormerDatasetMapper:
         """Map one dataset dict (detectron2 format) to model inputs; None when skipped."""
         dataset_dict = copy.deepcopy(dataset_dict)  # modified below
         try:
-            image = read_file(dataset_dict["file_name"], self.image_format)
+            image = read_image(dataset_dict["file_name"], self.image_format)
             labels = self._read_labels(dataset_dict) if self.is_train else {}
-        except UnreadableFileError as e:
+        except ImageReadError as e:
             if self.on_bad_image == "skip" and self.is_train:
                 self.num_skipped += 1
                 logger.warning(f"{e} -- skipped ({self.num_skipped} skipped in this process)")
                 return None
-            raise
+            raise ImageReadError(
+                f"{e}; re-create or remove it (see datasets/README.md), or set INPUT.ON_BAD_IMAGE "
+                "skip to skip such images in training") from None
         utils.check_image_size(dataset_dict, image)
 
         aug_input = T.AugInput(image, sem_seg=labels.get("sem_seg"))
@@ -203,6 +197,7 @@ class MaskFormerDatasetMapper:
         return dataset_dict
 
 
+@DATASET_MAPPER_REGISTRY.register_as("mask_former_semantic")
 class MaskFormerSemanticDatasetMapper(MaskFormerDatasetMapper):
     """Semantic segmentation: one target mask per class present ("sem_seg_file_name" labels)."""
 
@@ -214,6 +209,7 @@ class MaskFormerSemanticDatasetMapper(MaskFormerDatasetMapper):
         return semantic_masks(aug_input.sem_seg, self.ignore_label)
 
 
+@DATASET_MAPPER_REGISTRY.register_as("mask_former_panoptic")
 class MaskFormerPanopticDatasetMapper(MaskFormerDatasetMapper):
     """Panoptic segmentation: one target mask per non-crowd segment of the COCO-panoptic PNG.
 
@@ -225,7 +221,7 @@ class MaskFormerPanopticDatasetMapper(MaskFormerDatasetMapper):
         from panopticapi.utils import rgb2id
 
         path = self._require(dataset_dict, "pan_seg_file_name", "panoptic segmentation")
-        pan_rgb = read_file(path, "RGB", "panoptic label")
+        pan_rgb = read_image(path, "RGB", "panoptic label")
         segments = dataset_dict["segments_info"]
         check_labels([s["category_id"] for s in segments], self.num_classes, None, path,
                      "segment category_id")
@@ -244,6 +240,7 @@ class MaskFormerPanopticDatasetMapper(MaskFormerDatasetMapper):
         return panoptic_masks(pan_ids, dataset_dict["segments_info"])
 
 
+@DATASET_MAPPER_REGISTRY.register_as("mask_former_instance")
 class MaskFormerInstanceDatasetMapper(MaskFormerDatasetMapper):
     """Instance segmentation: one target mask per non-crowd COCO annotation (things only).
 
@@ -276,18 +273,21 @@ class MaskFormerInstanceDatasetMapper(MaskFormerDatasetMapper):
         return instances.gt_classes, instances.gt_masks.tensor.bool()
 
 
+@DATASET_MAPPER_REGISTRY.register_as("detr_panoptic")
 class DETRPanopticDatasetMapper(MaskFormerPanopticDatasetMapper):
     """Panoptic targets with DETR's COCO augmentation (official name "detr_panoptic")."""
 
     augmentation_style = "detr"
 
 
+@DATASET_MAPPER_REGISTRY.register_as("coco_panoptic_lsj")
 class COCOPanopticLSJDatasetMapper(MaskFormerPanopticDatasetMapper):
     """Panoptic targets with large-scale jitter to INPUT.IMAGE_SIZE (Mask2Former's COCO recipe)."""
 
     augmentation_style = "lsj"
 
 
+@DATASET_MAPPER_REGISTRY.register_as("coco_instance_lsj")
 class COCOInstanceLSJDatasetMapper(MaskFormerInstanceDatasetMapper):
     """Instance targets with large-scale jitter to INPUT.IMAGE_SIZE (Mask2Former's COCO recipe)."""
 

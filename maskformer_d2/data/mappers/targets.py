@@ -1,4 +1,4 @@
-"""Reading label files and turning labels into MaskFormer targets: one binary mask per segment.
+"""Turning labels into MaskFormer targets: one binary mask per segment.
 
 All mappers share these functions; they differ only in where the segments come from:
 
@@ -11,11 +11,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from detectron2.data import detection_utils as utils
 
 __all__ = [
-    "UnreadableFileError",
-    "read_file",
     "check_labels",
     "semantic_masks",
     "panoptic_masks",
@@ -23,32 +20,6 @@ __all__ = [
     "padded_size",
     "pad_to",
 ]
-
-# PIL raises OSError (missing, truncated, unidentified), SyntaxError (broken PNG chunks) or
-# ValueError (bad mode) depending on how a file is damaged.
-_READ_ERRORS = (OSError, SyntaxError, ValueError)
-
-
-class UnreadableFileError(OSError):
-    """An image or label file that is missing or cannot be decoded; the message names the path."""
-
-
-def read_file(path: str, image_format: Optional[str] = None, what: str = "image") -> np.ndarray:
-    """Read an image or label file with :func:`detectron2.data.detection_utils.read_image`.
-
-    Returns:
-        (H, W, C) uint8 for an image format, (H, W) in the file's dtype for ``image_format=None``.
-    Raises:
-        UnreadableFileError: naming ``path`` when it is missing or not a readable image.
-    """
-    try:
-        return utils.read_image(path, format=image_format)
-    except _READ_ERRORS as e:
-        raise UnreadableFileError(
-            f"cannot read {what} file {path}: {type(e).__name__}: {e}. Re-create or remove it "
-            f"(see datasets/README.md), or set INPUT.ON_BAD_IMAGE skip to skip such images "
-            f"in training") from e
-
 
 def check_labels(values: Iterable[int], num_classes: Optional[int], ignore_label: Optional[int],
                  source: str, what: str = "label") -> None:

@@ -8,7 +8,8 @@ from torch import Tensor, nn
 
 from ..pixel_decoder import build_pixel_decoder
 from ..transformer_decoder import build_transformer_predictor
-from .common import LegacyPixelDecoderKeys, decode_and_predict, predictor_in_channels
+from .legacy_keys import LegacyPixelDecoderKeys
+from .predictor_input import decode_and_predict, predictor_in_channels
 
 __all__ = ["MaskFormerHead"]
 
@@ -26,33 +27,23 @@ class MaskFormerHead(LegacyPixelDecoderKeys):
     @configurable
     def __init__(
         self,
-        input_shape: Dict[str, ShapeSpec],
         *,
         num_classes: int,
         pixel_decoder: nn.Module,
         transformer_predictor: nn.Module,
         transformer_in_feature: str,
-        loss_weight: float = 1.0,
-        ignore_value: int = -1,
     ):
         """
         Args:
-            input_shape: the backbone features this head reads (name -> channels, stride).
             num_classes: K, the number of categories (without "no object").
             pixel_decoder: a module with ``forward_features(features) -> (mask_features,
                 transformer_encoder_features or None)``.
             transformer_predictor: ``forward(x, mask_features) -> dict`` (see :meth:`forward`).
-            transformer_in_feature: the predictor's input: a backbone feature name, or
-                "transformer_encoder" for the pixel decoder's encoder output.
-            loss_weight, ignore_value: kept for detectron2 compatibility (the MaskFormer loss
-                lives in the criterion; ``ignore_value`` is the label of unlabeled pixels).
+            transformer_in_feature: the predictor's input: a backbone feature name,
+                "transformer_encoder" for the pixel decoder's encoder output or "pixel_embedding".
         """
         super().__init__()
-        self.in_features = [k for k, _ in sorted(input_shape.items(), key=lambda kv: kv[1].stride)]
         self.num_classes = num_classes
-        self.ignore_value = ignore_value
-        self.loss_weight = loss_weight
-        self.common_stride = 4
         self.pixel_decoder = pixel_decoder
         self.predictor = transformer_predictor
         self.transformer_in_feature = transformer_in_feature
@@ -63,15 +54,12 @@ class MaskFormerHead(LegacyPixelDecoderKeys):
         in_feature = cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE
         in_channels = predictor_in_channels(in_feature, input_shape, head.CONVS_DIM, head.MASK_DIM)
         return {
-            "input_shape": {k: v for k, v in input_shape.items() if k in head.IN_FEATURES},
             "num_classes": head.NUM_CLASSES,
             "pixel_decoder": build_pixel_decoder(cfg, input_shape),
             "transformer_predictor": build_transformer_predictor(
                 cfg, in_channels, mask_classification=True
             ),
             "transformer_in_feature": in_feature,
-            "loss_weight": head.LOSS_WEIGHT,
-            "ignore_value": head.IGNORE_VALUE,
         }
 
     def forward(self, features: Dict[str, Tensor]) -> Dict[str, object]:

@@ -16,7 +16,8 @@ from torch.nn import functional as F
 
 from ..pixel_decoder import build_pixel_decoder
 from ..transformer_decoder import build_transformer_predictor
-from .common import LegacyPixelDecoderKeys, decode_and_predict, predictor_in_channels
+from .legacy_keys import LegacyPixelDecoderKeys
+from .predictor_input import decode_and_predict, predictor_in_channels
 
 __all__ = ["PerPixelBaselineHead", "PerPixelBaselinePlusHead"]
 
@@ -29,15 +30,20 @@ class _PerPixelHead(LegacyPixelDecoderKeys):
 
     def __init__(
         self,
-        input_shape: Dict[str, ShapeSpec],
         *,
         num_classes: int,
         pixel_decoder: nn.Module,
         loss_weight: float = 1.0,
         ignore_value: int = -1,
     ):
+        """
+        Args:
+            num_classes: K.
+            pixel_decoder: a pixel decoder (see ``PIXEL_DECODER_REGISTRY``).
+            loss_weight: multiplier of the cross-entropy.
+            ignore_value: label of unlabeled pixels, ignored by the loss.
+        """
         super().__init__()
-        self.in_features = [k for k, _ in sorted(input_shape.items(), key=lambda kv: kv[1].stride)]
         self.num_classes = num_classes
         self.ignore_value = ignore_value
         self.loss_weight = loss_weight
@@ -48,7 +54,6 @@ class _PerPixelHead(LegacyPixelDecoderKeys):
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
         head = cfg.MODEL.SEM_SEG_HEAD
         return {
-            "input_shape": {k: v for k, v in input_shape.items() if k in head.IN_FEATURES},
             "num_classes": head.NUM_CLASSES,
             "pixel_decoder": build_pixel_decoder(cfg, input_shape),
             "loss_weight": head.LOSS_WEIGHT,
@@ -97,31 +102,14 @@ class PerPixelBaselineHead(_PerPixelHead):
     """Pixel decoder + a 1x1 conv ``predictor`` from its MASK_DIM embeddings to K class logits."""
 
     @configurable
-    def __init__(
-        self,
-        input_shape: Dict[str, ShapeSpec],
-        *,
-        num_classes: int,
-        pixel_decoder: nn.Module,
-        loss_weight: float = 1.0,
-        ignore_value: int = -1,
-    ):
+    def __init__(self, **kwargs):
         """
         Args:
-            input_shape: the backbone features this head reads (name -> channels, stride).
-            num_classes: K.
-            pixel_decoder: a pixel decoder with a ``mask_dim`` attribute (its output channels).
-            loss_weight: multiplier of the cross-entropy.
-            ignore_value: label of unlabeled pixels, ignored by the loss.
+            kwargs: ``num_classes``, ``pixel_decoder`` (with a ``mask_dim`` attribute, its output
+                channels), ``loss_weight``, ``ignore_value``: see :class:`_PerPixelHead`.
         """
-        super().__init__(
-            input_shape,
-            num_classes=num_classes,
-            pixel_decoder=pixel_decoder,
-            loss_weight=loss_weight,
-            ignore_value=ignore_value,
-        )
-        self.predictor = Conv2d(pixel_decoder.mask_dim, num_classes, kernel_size=1)
+        super().__init__(**kwargs)
+        self.predictor = Conv2d(self.pixel_decoder.mask_dim, self.num_classes, kernel_size=1)
         weight_init.c2_msra_fill(self.predictor)
 
     def layers(self, features: Dict[str, Tensor]) -> Tuple[Tensor, List[Tensor]]:
@@ -137,32 +125,23 @@ class PerPixelBaselinePlusHead(_PerPixelHead):
     @configurable
     def __init__(
         self,
-        input_shape: Dict[str, ShapeSpec],
         *,
-        num_classes: int,
-        pixel_decoder: nn.Module,
         transformer_predictor: nn.Module,
         transformer_in_feature: str,
         deep_supervision: bool,
-        loss_weight: float = 1.0,
-        ignore_value: int = -1,
+        **kwargs,
     ):
         """
         Args:
-            input_shape, num_classes, pixel_decoder, loss_weight, ignore_value: as in
-                :class:`PerPixelBaselineHead`.
             transformer_predictor: a predictor without mask classification and with
                 ``num_classes`` queries.
             transformer_in_feature: the predictor's input (see :class:`MaskFormerHead`).
             deep_supervision: also compute the loss on every earlier decoder layer.
+            kwargs: ``num_classes``, ``pixel_decoder``, ``loss_weight``, ``ignore_value``: see
+                :class:`_PerPixelHead`.
         """
-        super().__init__(
-            input_shape,
-            num_classes=num_classes,
-            pixel_decoder=pixel_decoder,
-            loss_weight=loss_weight,
-            ignore_value=ignore_value,
-        )
+        super().__init__(**kwargs)
+        num_classes = self.num_classes
         num_queries = getattr(transformer_predictor, "num_queries", num_classes)
         if num_queries != num_classes:
             raise ValueError(

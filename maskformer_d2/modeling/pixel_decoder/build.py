@@ -5,6 +5,8 @@ from detectron2.layers import ShapeSpec
 from detectron2.utils.registry import Registry
 from torch import nn
 
+from ...registry import lookup
+
 __all__ = ["PIXEL_DECODER_REGISTRY", "build_pixel_decoder"]
 
 PIXEL_DECODER_REGISTRY = Registry("PIXEL_DECODER")
@@ -19,14 +21,9 @@ or None)``.
 def build_pixel_decoder(cfg, input_shape: Dict[str, ShapeSpec]) -> nn.Module:
     """Build the pixel decoder named by ``cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME``."""
     name = cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME
-    if name not in PIXEL_DECODER_REGISTRY:
-        registered = sorted(k for k, _ in PIXEL_DECODER_REGISTRY)
-        raise KeyError(
-            f"MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME={name!r} is not a registered pixel decoder; "
-            f"registered: {registered}. Register a new one with @PIXEL_DECODER_REGISTRY.register() "
-            "and import its module before building."
-        )
-    decoder = PIXEL_DECODER_REGISTRY.get(name)(cfg, input_shape)
+    cls = lookup(PIXEL_DECODER_REGISTRY, name, "MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME",
+                 "PIXEL_DECODER_REGISTRY")
+    decoder = cls(cfg, input_shape)
     if not callable(getattr(decoder, "forward_features", None)):
         raise TypeError(
             f"pixel decoder {name!r} has no forward_features(features) method; a pixel decoder "

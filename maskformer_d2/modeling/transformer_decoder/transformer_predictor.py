@@ -13,6 +13,7 @@ from detectron2.utils.registry import Registry
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ...registry import lookup
 from .position_encoding import PositionEmbeddingSine
 from .transformer import Transformer
 
@@ -34,15 +35,9 @@ def build_transformer_predictor(cfg, in_channels: int, mask_classification: bool
         mask_classification: also predict a class per query (False: masks only, as in the
             per-pixel baseline+).
     """
-    name = cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME
-    if name not in TRANSFORMER_PREDICTOR_REGISTRY:
-        registered = sorted(k for k, _ in TRANSFORMER_PREDICTOR_REGISTRY)
-        raise KeyError(
-            f"MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME={name!r} is not a registered transformer "
-            f"predictor; registered: {registered}. Register a new one with "
-            "@TRANSFORMER_PREDICTOR_REGISTRY.register() and import its module before building."
-        )
-    return TRANSFORMER_PREDICTOR_REGISTRY.get(name)(cfg, in_channels, mask_classification)
+    cls = lookup(TRANSFORMER_PREDICTOR_REGISTRY, cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME,
+                 "MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME", "TRANSFORMER_PREDICTOR_REGISTRY")
+    return cls(cfg, in_channels, mask_classification)
 
 
 class MLP(nn.Module):

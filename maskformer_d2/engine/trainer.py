@@ -1,0 +1,113 @@
+"""detectron2's ``DefaultTrainer`` with MaskFormer's data, evaluators, optimiser and schedule,
+plus what a long run needs: a checkpoint when it is interrupted, the final evaluation kept for the
+caller, and DistributedDataParallel on CPU processes."""
+import contextlib
+import logging
+import os
+import weakref
+from collections import OrderedDict
+from typing import Dict, Iterator, Optional
+
+import detectron2.engine.defaults as d2_defaults
+import detectron2.utils.comm as comm
+from detectron2.config import CfgNode
+from detectron2.data import build_detection_train_loader
+from detectron2.engine import DefaultTrainer, HookBase, hooks
+
+from ..checkpoint import MaskFormerCheckpointer
+from ..data.mappers import build_mapper
+from ..evaluation import build_evaluators
+from .solver import build_lr_scheduler, build_optimizer
+from .tta import SemanticSegmentorWithTTA
+
+__all__ = ["Trainer", "SaveOnInterrupt"]
+
+logger = logging.getLogger("maskformer_d2")
+
+
+class SaveOnInterrupt(HookBase):
+    """Saves a checkpoint when training stops early (Ctrl-C, SIGTERM), so ``--resume`` loses nothing."""
+
+    def after_train(self):
+        t = self.trainer
+        if t.iter < t.max_iter and t.iter > t.start_iter and comm.is_main_process():
+            # iterations before t.iter are complete (t.iter was interrupted); the trainer's own
+            # state records t.iter too, so step it back: --resume restarts at t.iter
+            interrupted = t.iter
+            t.iter -= 1
+            t.checkpointer.save("model_interrupted", iteration=t.iter)
+            logger.warning(f"training stopped in iteration {interrupted}: saved model_interrupted.pth; use --resume")
+
+
+@contextlib.contextmanager
+def _ddp_without_device_ids_on_cpu() -> Iterator[None]:
+    """While ``DefaultTrainer.__init__`` runs, wrap CPU models in DDP with ``device_ids=None``.
+
+    detectron2's ``create_ddp_model`` always passes a GPU id, which DistributedDataParallel
+    rejects for a CPU model (gloo); nothing else changes, and the original is restored after.
+    """
+    original = d2_defaults.create_ddp_model
+
+    def create_ddp_model(model, **kwargs):
+        if comm.get_world_size() > 1 and next(model.parameters()).device.type == "cpu":
+            kwargs.setdefault("device_ids", None)
+        return original(model, **kwargs)
+
+    d2_defaults.create_ddp_model = create_ddp_model
+    try:
+        yield
+    finally:
+        d2_defaults.create_ddp_model = original
+
+
+class Trainer(DefaultTrainer):
+    """DefaultTrainer with MaskFormer's mappers, evaluators, optimiser and LR schedule.
+
+    ``eval_results`` holds the last evaluation of training (the final one after ``train()``).
+    """
+
+    def __init__(self, cfg: CfgNode):
+        self.eval_results: Optional[Dict] = None
+        with _ddp_without_device_ids_on_cpu():
+            super().__init__(cfg)
+
+    def build_hooks(self):
+        # DefaultTrainer.__init__ calls this right after making its DetectionCheckpointer: swap in
+        # ours (clear errors on checkpoints that do not fit) before the hooks capture it
+        self.checkpointer = MaskFormerCheckpointer(self._trainer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        built = super().build_hooks()
+        # d2's evaluation hook keeps its results in a private attribute: use one that keeps them here
+        built = [
+            hooks.EvalHook(self.cfg.TEST.EVAL_PERIOD, self._evaluate) if isinstance(h, hooks.EvalHook) else h
+            for h in built
+        ]
+        return built + [SaveOnInterrupt()]
+
+    def _evaluate(self) -> Dict:
+        self.eval_results = self.test(self.cfg, self.model)
+        return self.eval_results
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=build_mapper(cfg, is_train=True))
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        return build_evaluators(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_optimizer(cfg, model)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        return build_lr_scheduler(cfg, optimizer)  # WarmupPolyLR (config wins on resume), or d2's
+
+    @classmethod
+    def test_with_TTA(cls, cfg, model):
+        logger.info("Running inference with test-time augmentation ...")
+        model = SemanticSegmentorWithTTA(cfg, model)
+        evaluators = [cls.build_evaluator(cfg, name, os.path.join(cfg.OUTPUT_DIR, "inference_TTA", name))
+                      for name in cfg.DATASETS.TEST]
+        res = cls.test(cfg, model, evaluators)
+        return OrderedDict({k + "_TTA": v for k, v in res.items()})

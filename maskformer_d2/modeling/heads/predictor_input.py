@@ -1,0 +1,82 @@
+"""Which feature map the transformer predictor attends to (MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE),
+shared by the MaskFormer head and the per-pixel baseline+ head."""
+from typing import Dict, Optional
+
+from detectron2.layers import ShapeSpec
+from torch import Tensor, nn
+
+__all__ = [
+    "TRANSFORMER_ENCODER",
+    "PIXEL_EMBEDDING",
+    "predictor_in_channels",
+    "predictor_input",
+    "decode_and_predict",
+]
+
+# MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE value that selects the pixel decoder's encoder output
+TRANSFORMER_ENCODER = "transformer_encoder"
+# ... and the value that selects the per-pixel embeddings themselves (stride 4; the name and
+# meaning of Mask2Former's MaskFormerHead)
+PIXEL_EMBEDDING = "pixel_embedding"
+
+
+def predictor_in_channels(
+    transformer_in_feature: str, input_shape: Dict[str, ShapeSpec], conv_dim: int, mask_dim: int
+) -> int:
+    """Channels of the feature map the transformer predictor attends to.
+
+    Args:
+        transformer_in_feature: a backbone feature name, "transformer_encoder" for the output of
+            the pixel decoder's transformer encoder (which has ``conv_dim`` channels), or
+            "pixel_embedding" for the per-pixel embeddings (``mask_dim`` channels, stride 4).
+        input_shape: the backbone's output shapes.
+        conv_dim: MODEL.SEM_SEG_HEAD.CONVS_DIM.
+        mask_dim: MODEL.SEM_SEG_HEAD.MASK_DIM.
+    """
+    if transformer_in_feature == TRANSFORMER_ENCODER:
+        return conv_dim
+    if transformer_in_feature == PIXEL_EMBEDDING:
+        return mask_dim
+    if transformer_in_feature not in input_shape:
+        raise KeyError(
+            f"MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE={transformer_in_feature!r} is neither "
+            f"{TRANSFORMER_ENCODER!r}, {PIXEL_EMBEDDING!r} nor a backbone output {sorted(input_shape)}"
+        )
+    return input_shape[transformer_in_feature].channels
+
+
+def predictor_input(
+    transformer_in_feature: str,
+    features: Dict[str, Tensor],
+    transformer_encoder_features: Optional[Tensor],
+    mask_features: Tensor,
+) -> Tensor:
+    """The (B, C, h, w) map the transformer predictor attends to (see :func:`predictor_in_channels`)."""
+    if transformer_in_feature == PIXEL_EMBEDDING:
+        return mask_features
+    if transformer_in_feature != TRANSFORMER_ENCODER:
+        return features[transformer_in_feature]
+    if transformer_encoder_features is None:
+        raise ValueError(
+            f"MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE={TRANSFORMER_ENCODER!r} needs a pixel decoder "
+            "with a transformer encoder; set MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME to "
+            "'TransformerEncoderPixelDecoder' (or feed the predictor a backbone feature, e.g. 'res5')"
+        )
+    return transformer_encoder_features
+
+
+def decode_and_predict(
+    pixel_decoder: nn.Module,
+    predictor: nn.Module,
+    transformer_in_feature: str,
+    features: Dict[str, Tensor],
+) -> Dict[str, object]:
+    """Run the pixel decoder, then the transformer predictor on its chosen input.
+
+    Returns:
+        the predictor's output dict: "pred_masks" (B, Q, H/4, W/4), "pred_logits" (B, Q, K+1)
+        with mask classification, "aux_outputs" with deep supervision.
+    """
+    mask_features, encoder_features = pixel_decoder.forward_features(features)
+    x = predictor_input(transformer_in_feature, features, encoder_features, mask_features)
+    return predictor(x, mask_features)
