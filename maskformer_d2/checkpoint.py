@@ -11,17 +11,24 @@ the mistake shows up as garbage predictions. ``MaskFormerCheckpointer`` keeps ev
 * a backbone-only checkpoint (``"matching_heuristics": True``, as written by ``tools/convert-*``)
   may leave the head uninitialised as in d2, but a shape mismatch where it loads (e.g. the
   backbone) or "nothing matched" still raises;
-* ``.pth`` files are read with ``torch.load(weights_only=True)``; only files that need full pickle
-  (old trainer checkpoints with Python objects) fall back to it, with a warning;
+* no file runs code while it is read (:mod:`maskformer_d2.safe_load`): ``.safetensors`` hold
+  tensors only, ``.pkl`` go through a restricted unpickler, ``.pth`` through
+  ``torch.load(weights_only=True)``; anything else is refused
+  (:class:`UnsafeCheckpointError`) unless the user allows full pickle explicitly;
 * unreadable or missing files raise one-line errors (:class:`CheckpointReadError`,
-  ``FileNotFoundError``).
+  ``FileNotFoundError``);
+* checkpoints are written atomically (a temporary file in the same folder, flushed and fsynced,
+  then renamed; ``last_checkpoint`` likewise, after it), so an interruption never leaves a
+  truncated checkpoint under a checkpoint's name nor destroys the one ``last_checkpoint`` names;
+* ``resume_or_load(resume=True)`` falls back to the newest complete checkpoint, with a warning,
+  when the one ``last_checkpoint`` names is missing or unreadable.
 """
+import contextlib
 import logging
 import os
-import pickle
 import re
 from collections import Counter, OrderedDict
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, BinaryIO, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from fvcore.common.checkpoint import _IncompatibleKeys
@@ -30,12 +37,16 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.checkpoint.c2_model_loading import convert_c2_detectron_names
 
 from ._deprecated import moved_names
-from .errors import CheckpointMismatchError, CheckpointReadError, first_line
+from .errors import CheckpointMismatchError, CheckpointReadError, UnsafeCheckpointError, first_line
+from .safe_load import load_pkl, load_pth
 
 __all__ = [
     "MaskFormerCheckpointer",
     "CheckpointMismatchError",
     "CheckpointReadError",
+    "UnsafeCheckpointError",
+    "write_atomically",
+    "remove_stale_temporaries",
     "describe_mismatch",
     "summarize_keys",
 ]
@@ -140,6 +151,56 @@ def describe_mismatch(
     return f"checkpoint {name}: {', '.join(parts)}; {question}"
 
 
+# ----------------------------------------------------------------------------- writing
+LAST_CHECKPOINT = "last_checkpoint"
+
+
+def remove_stale_temporaries(folder: str) -> List[str]:
+    """Remove the temporary files :func:`write_atomically` left in ``folder`` when its process was
+    killed (those of live processes stay); returns their names."""
+    removed = []
+    for name in os.listdir(folder) if os.path.isdir(folder) else []:
+        found = re.fullmatch(r"\..+\.tmp-(\d+)", name)
+        if found is None:
+            continue
+        try:
+            os.kill(int(found.group(1)), 0)
+        except ProcessLookupError:  # its writer is gone
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(folder, name))
+                removed.append(name)
+        except PermissionError:  # alive, someone else's
+            pass
+    return removed
+
+
+def write_atomically(path: str, write: Callable[[BinaryIO], Any]) -> None:
+    """Write ``path`` so that it is either its old content or the complete new one, never a part.
+
+    ``write(f)`` fills a temporary file in the same folder (a hidden ``.<name>.tmp-<pid>``), which
+    is flushed, fsynced and renamed over ``path``; a failure removes it. A process killed in the
+    middle leaves only that temporary file, which no reader takes for a checkpoint.
+    """
+    folder, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 # ----------------------------------------------------------------------------- checkpointer
 def _is_url(path: str) -> bool:
     return "://" in path
@@ -168,8 +229,9 @@ class MaskFormerCheckpointer(DetectionCheckpointer):
     def load(self, path: str, *args, **kwargs) -> Dict[str, Any]:
         """Load ``path`` (a local file or an http(s) URL); see the class docstring for the checks."""
         if path and not _is_url(path) and not os.path.isfile(path):
+            what = "is a directory, not a checkpoint file" if os.path.isdir(path) else "no such file"
             raise FileNotFoundError(
-                f"checkpoint {path}: no such file; set MODEL.WEIGHTS to a .pth/.pkl file or an "
+                f"checkpoint {path}: {what}; set MODEL.WEIGHTS to a .pth/.pkl/.safetensors file or an "
                 "http(s) URL"
             )
         self._loading = path
@@ -183,20 +245,21 @@ class MaskFormerCheckpointer(DetectionCheckpointer):
             raise
         finally:
             self._loading = None
+            self._parsed_url_during_load = None  # detectron2 resets it only when loading succeeds
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
+        name = self._loading or filename
         try:
-            data = super()._load_file(filename)
+            data = self._read(filename, name)
+        except UnsafeCheckpointError:
+            raise
         except Exception as e:  # unpickling garbage fails in arbitrary ways (KeyError, IndexError, ...)
-            reason = first_line(e)[:160]
             raise CheckpointReadError(
-                f"checkpoint {self._loading or filename}: not a readable .pth/.pkl checkpoint "
-                f"({type(e).__name__}: {reason})"
+                f"checkpoint {name}: not a readable .pth/.pkl checkpoint (truncated or corrupt: "
+                f"{type(e).__name__})"
             ) from e
         if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
-            raise CheckpointReadError(
-                f"checkpoint {self._loading or filename}: not a state dict (found {type(data).__name__})"
-            )
+            raise CheckpointReadError(f"checkpoint {name}: not a state dict (found {type(data).__name__})")
         model = data["model"]
         if filename.endswith(".pkl") and data.get("__author__") == "Caffe2" and isinstance(
             model.get("model"), dict
@@ -205,17 +268,104 @@ class MaskFormerCheckpointer(DetectionCheckpointer):
             return {"model": model["model"], "__author__": "unknown"}
         return data
 
+    def _read(self, filename: str, name: str) -> Dict[str, Any]:
+        """The checkpoint dict of a file, in detectron2's conventions, without running its code."""
+        if filename.endswith(".safetensors"):  # tensors only, by construction
+            from safetensors import safe_open
+
+            with safe_open(filename, framework="pt") as f:
+                meta = f.metadata() or {}
+                state = {k: f.get_tensor(k) for k in f.keys()}
+            return {"model": state, "__author__": meta.get("__author__", "unknown"),
+                    "matching_heuristics": meta.get("matching_heuristics") == "True"}
+        if filename.endswith(".pyth"):  # pycls, which detectron2 reads with full pickle
+            state = load_pth(filename, name)["model_state"]
+            state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+            return {"model": state, "__author__": "pycls", "matching_heuristics": True}
+        if not filename.endswith(".pkl"):
+            return super()._load_file(filename)  # .pth, through _torch_load below
+        data = load_pkl(filename, name)
+        if "model" in data and "__author__" in data:  # detectron2 model-zoo format
+            return data
+        # a Caffe2 / Detectron1 file, read the way detectron2 does
+        data = data.get("blobs", data)
+        blobs = {k: v for k, v in data.items() if not k.endswith("_momentum")}
+        return {"model": blobs, "__author__": "Caffe2", "matching_heuristics": True}
+
     def _torch_load(self, f: str) -> Any:
+        return load_pth(f, self._loading or f)
+
+    # ---- writing
+    def save(self, name: str, **kwargs: Any) -> None:
+        """Write ``<save_dir>/<name>.pth`` atomically, then point ``last_checkpoint`` at it."""
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        data.update({key: obj.state_dict() for key, obj in self.checkpointables.items()})
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        path = os.path.join(self.save_dir, basename)
+        for stale in remove_stale_temporaries(self.save_dir):
+            logger.warning(f"removed {os.path.join(self.save_dir, stale)}, left by an interrupted save")
+        self.logger.info(f"Saving checkpoint to {path}")
+        write_atomically(path, lambda f: torch.save(data, f))
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        path = os.path.join(self.save_dir, LAST_CHECKPOINT)
+        write_atomically(path, lambda f: f.write(last_filename_basename.encode()))
+
+    # ---- resuming
+    def _tagged(self) -> str:
+        """The basename ``last_checkpoint`` names ("" without one)."""
         try:
-            return torch.load(f, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            if "weights_only" not in str(e):
-                raise
-            logger.warning(
-                "checkpoint %s holds Python objects besides tensors; loading it with full pickle "
-                "(only do this with files you trust)", self._loading or f,
-            )
-            return torch.load(f, map_location="cpu", weights_only=False)
+            with open(os.path.join(self.save_dir, LAST_CHECKPOINT)) as f:
+                return f.read().strip()
+        except OSError:
+            return ""
+
+    def resume_candidates(self) -> List[str]:
+        """Checkpoints to resume from, best first: the one ``last_checkpoint`` names, then every
+        other ``.pth`` of ``save_dir``, newest first (temporary files of interrupted writes are
+        never candidates)."""
+        if not self.save_dir or not os.path.isdir(self.save_dir):
+            return []
+        files = [os.path.join(self.save_dir, f) for f in os.listdir(self.save_dir)
+                 if f.endswith(".pth") and not f.startswith(".")]
+        files.sort(key=os.path.getmtime, reverse=True)
+        tagged = os.path.join(self.save_dir, self._tagged()) if self._tagged() else None
+        if tagged in files:
+            files.remove(tagged)
+            files.insert(0, tagged)
+        return files
+
+    def has_checkpoint(self) -> bool:
+        return bool(self.resume_candidates())
+
+    def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
+        """Resume from the newest complete checkpoint of ``save_dir`` (``resume=True`` and one
+        exists), else load only the model from ``path``."""
+        candidates = self.resume_candidates() if resume else []
+        tagged = self._tagged()
+        if resume and tagged and not os.path.isfile(os.path.join(self.save_dir, tagged)):
+            logger.warning(f"{os.path.join(self.save_dir, LAST_CHECKPOINT)} names {tagged}, which is missing")
+        if not candidates:
+            return self.load(path, checkpointables=[])
+        failed: List[str] = []
+        for candidate in candidates:
+            try:
+                loaded = self.load(candidate)
+            except CheckpointReadError as e:
+                failed.append(candidate)
+                logger.warning(f"cannot resume from {candidate} ({e}); trying the next newest checkpoint")
+                continue
+            if failed:
+                logger.warning(f"resumed from {candidate} instead of {failed[0]}, which is unreadable")
+            return loaded
+        raise CheckpointReadError(
+            f"--resume: no readable checkpoint in {self.save_dir} ({len(failed)} tried: "
+            f"{summarize_keys(os.path.basename(f) for f in failed)}); remove them or start without --resume"
+        )
 
     # ---- checking
     def _load_model(self, checkpoint: Dict[str, Any]) -> _IncompatibleKeys:

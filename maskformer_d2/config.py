@@ -5,11 +5,16 @@
 unchanged.
 """
 import logging
+import os
+from typing import Sequence
 
 import torch
+import yaml
 from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
 from detectron2.projects.deeplab import add_deeplab_config
 
+from .errors import first_line
 from .tasks import TASKS
 
 
@@ -124,4 +129,32 @@ def resolve_device(cfg: CN) -> CN:
     cfg.MODEL.DEVICE = "cpu"
     if frozen:
         cfg.freeze()
+    return cfg
+
+
+def load_config(config_file: str, opts: Sequence[str] = (), opts_name: str = "overrides") -> CN:
+    """The config of a command: detectron2's defaults + MaskFormer's keys + ``config_file`` +
+    ``opts`` (KEY VALUE pairs). The one config reader of the command-line tools.
+
+    YAML is read safely: a file with Python tags (``!!python/...``, which yacs would otherwise
+    execute) is refused, like any other bad file, with one ``ValueError`` line naming it.
+
+    Args:
+        opts_name: how the overrides are called in messages (e.g. "--opts").
+    """
+    cfg = get_cfg()
+    add_maskformer_config(cfg)
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(f"config {config_file}: no such file")
+    try:
+        cfg.merge_from_file(config_file, allow_unsafe=False)
+    except yaml.constructor.ConstructorError as e:
+        raise ValueError(f"config {config_file}: refused: it is not plain YAML ({first_line(e)}); "
+                         "a config may not construct Python objects") from None
+    except Exception as e:  # yacs: unknown key (KeyError), bad value (AssertionError/ValueError), YAML syntax
+        raise ValueError(f"config {config_file}: {first_line(e) or type(e).__name__}") from None
+    try:
+        cfg.merge_from_list(list(opts))
+    except Exception as e:
+        raise ValueError(f"{opts_name}: {first_line(e) or type(e).__name__}") from None
     return cfg

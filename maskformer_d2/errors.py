@@ -9,6 +9,7 @@ __all__ = [
     "MissingDependencyError",
     "ImageReadError",
     "CheckpointReadError",
+    "UnsafeCheckpointError",
     "CheckpointMismatchError",
     "HFImportError",
     "UsageError",
@@ -26,6 +27,10 @@ class ImageReadError(OSError):
 
 class CheckpointReadError(OSError):
     """The checkpoint file exists but cannot be read as a .pth / .pkl checkpoint."""
+
+
+class UnsafeCheckpointError(CheckpointReadError):
+    """The checkpoint holds Python objects whose unpickling could run code; it was not loaded."""
 
 
 class CheckpointMismatchError(ValueError):

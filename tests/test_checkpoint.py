@@ -1,6 +1,5 @@
 """MaskFormerCheckpointer: strict loading with one clear error, d2's heuristics for backbones."""
 import argparse
-import logging
 import pickle
 
 import pytest
@@ -15,7 +14,8 @@ from maskformer_d2.checkpoint import (
     describe_mismatch,
     summarize_keys,
 )
-from maskformer_d2.convert.files import write_d2_checkpoint
+from maskformer_d2.convert.files import write_checkpoint, write_d2_checkpoint
+from maskformer_d2.errors import UnsafeCheckpointError
 
 
 @pytest.fixture(scope="module")
@@ -110,14 +110,29 @@ def test_criterion_weight_may_be_absent(tmp_path, trained):
     assert torch.equal(model.criterion.empty_weight, torch.tensor([1.0] * 7 + [0.1]))
 
 
-def test_pth_with_python_objects_falls_back_to_pickle(tmp_path, trained, caplog):
+def test_pth_with_python_objects_needs_the_explicit_switch(tmp_path, trained, monkeypatch):
     path = _save(tmp_path, trained, extra=argparse.Namespace(lr=0.1))  # not loadable with weights_only
+    monkeypatch.delenv("MASKFORMER_D2_ALLOW_UNSAFE_PICKLE", raising=False)
+    with pytest.raises(UnsafeCheckpointError, match=r"refused to unpickle argparse\.Namespace"):
+        MaskFormerCheckpointer(_fresh()).load(path)
+    monkeypatch.setenv("MASKFORMER_D2_ALLOW_UNSAFE_PICKLE", "1")
     model = _fresh()
-    with caplog.at_level(logging.WARNING, logger="maskformer_d2.checkpoint"):
-        extra = MaskFormerCheckpointer(model).load(path)
+    extra = MaskFormerCheckpointer(model).load(path)
     assert extra["extra"].lr == 0.1
-    assert "holds Python objects besides tensors" in caplog.text
     assert _same(model.state_dict(), trained)
+
+
+def test_safetensors_written_by_the_converters_load(tmp_path, trained):
+    path = str(tmp_path / "model_final.safetensors")
+    write_checkpoint(trained, path, author="test", matching_heuristics=False)
+    model = _fresh()
+    MaskFormerCheckpointer(model).load(path)
+    assert _same(model.state_dict(), trained)
+    backbone = {k[len("backbone."):]: v for k, v in trained.items() if k.startswith("backbone.")}
+    write_checkpoint(backbone, str(tmp_path / "R-18.safetensors"), author="torchvision", matching_heuristics=True)
+    model = _fresh()
+    MaskFormerCheckpointer(model).load(str(tmp_path / "R-18.safetensors"))  # matched by suffix, heads as built
+    assert torch.equal(model.state_dict()["backbone.stem.conv1.weight"], trained["backbone.stem.conv1.weight"])
 
 
 def test_official_pickle_without_author_loads(tmp_path, trained):

@@ -148,7 +148,7 @@ def test_cli_writes_weights_and_config(tmp_path):
     result = subprocess.run([sys.executable, str(TOOL), str(tmp_path / "hf"), str(tmp_path / "out")],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == [f"wrote {tmp_path / 'out' / 'model_final.pth'}",
+    assert result.stdout.splitlines() == [f"wrote {tmp_path / 'out' / 'model_final.safetensors'}",
                                           f"wrote {tmp_path / 'out' / 'config.yaml'}"]
     assert "match no registered dataset" in result.stderr  # LABEL_0.. names: no metadata to borrow
     result = subprocess.run([sys.executable, str(TOOL), str(tmp_path / "nothing"), str(tmp_path / "o2")],

@@ -13,7 +13,7 @@ import sys
 from typing import Callable, List, Optional
 
 from ..errors import CheckpointReadError
-from .files import StateDict, read_state_dict, rename_keys, write_d2_checkpoint
+from .files import StateDict, read_state_dict, rename_keys, write_checkpoint
 
 __all__ = [
     "convert_torchvision_resnet",
@@ -73,14 +73,15 @@ def convert_swin(state_dict: StateDict) -> StateDict:
 # ----------------------------------------------------------------------------- command line
 def main(argv: Optional[List[str]], doc: str, convert: Callable[[StateDict], StateDict], author: str,
          input_help: str) -> int:
-    """The command line of a converter: INPUT .pth -> OUTPUT .pkl; one error line and status 1 on failure."""
+    """The command line of a converter: INPUT .pth -> OUTPUT .pkl (detectron2 model-zoo format) or
+    .safetensors; one error line and status 1 on failure."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("input", help=input_help)
-    ap.add_argument("output", help="detectron2 .pkl to write")
+    ap.add_argument("output", help="checkpoint to write: .pkl (detectron2 model-zoo format) or .safetensors")
     args = ap.parse_args(argv)
     try:
         converted = convert(read_state_dict(args.input))
-        write_d2_checkpoint(converted, args.output, author=author, matching_heuristics=True)
+        write_checkpoint(converted, args.output, author=author, matching_heuristics=True)
     except (OSError, CheckpointReadError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -2,7 +2,9 @@
 
 * :func:`read_state_dict`: the tensors of a ``.pth`` file (``torch.load(weights_only=True)``);
 * :func:`rename_keys`: a state dict with its keys renamed by a function (keys mapped to None dropped);
-* :func:`write_d2_checkpoint`: a detectron2 model-zoo style ``.pkl``.
+* :func:`write_d2_checkpoint`: a detectron2 model-zoo style ``.pkl``;
+* :func:`write_safetensors_checkpoint`: the same tensors as ``.safetensors``, which cannot hold
+  code at all (the format new weights are written in: :func:`write_checkpoint` picks by suffix).
 """
 import os
 import pickle
@@ -11,9 +13,17 @@ from typing import Callable, Dict, Optional, Sequence
 
 import torch
 
+from ..checkpoint import write_atomically
 from ..errors import CheckpointReadError, first_line
 
-__all__ = ["StateDict", "read_state_dict", "rename_keys", "write_d2_checkpoint"]
+__all__ = [
+    "StateDict",
+    "read_state_dict",
+    "rename_keys",
+    "write_checkpoint",
+    "write_d2_checkpoint",
+    "write_safetensors_checkpoint",
+]
 
 StateDict = Dict[str, torch.Tensor]
 
@@ -63,5 +73,30 @@ def write_d2_checkpoint(
     model = OrderedDict((k, v.detach().cpu().numpy()) for k, v in state_dict.items())
     data = {"model": model, "__author__": author, "matching_heuristics": matching_heuristics}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "wb") as f:
-        pickle.dump(data, f)
+    write_atomically(path, lambda f: pickle.dump(data, f))
+
+
+def write_safetensors_checkpoint(
+    state_dict: Dict[str, torch.Tensor], path: str, author: str, matching_heuristics: bool
+) -> None:
+    """Write the tensors as ``.safetensors``, with "__author__" and "matching_heuristics" in its
+    metadata (:class:`~maskformer_d2.checkpoint.MaskFormerCheckpointer` reads them back)."""
+    from safetensors.torch import save
+
+    if not path.endswith(".safetensors"):
+        raise ValueError(f"{path}: a safetensors checkpoint ends in .safetensors")
+    # safetensors stores each tensor on its own: no views sharing memory
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
+    metadata = {"__author__": author, "matching_heuristics": str(bool(matching_heuristics))}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_atomically(path, lambda f: f.write(save(tensors, metadata=metadata)))
+
+
+def write_checkpoint(state_dict: Dict[str, torch.Tensor], path: str, author: str,
+                     matching_heuristics: bool) -> None:
+    """:func:`write_safetensors_checkpoint` for ``.safetensors``, :func:`write_d2_checkpoint` for ``.pkl``."""
+    if path.endswith(".safetensors"):
+        return write_safetensors_checkpoint(state_dict, path, author, matching_heuristics)
+    if path.endswith(".pkl"):
+        return write_d2_checkpoint(state_dict, path, author, matching_heuristics)
+    raise ValueError(f"{path}: write a .safetensors file (or a detectron2 .pkl)")

@@ -7,7 +7,7 @@ backbone's last feature map, so its weights map one-to-one onto ours:
 * :func:`convert_state_dict` renames (and, for attention, concatenates) the tensors;
 * :func:`config_from_hf` builds the matching detectron2 config;
 * :func:`import_hf_maskformer` does both for a model on disk / in the HF cache and writes
-  ``model_final.pth`` and ``config.yaml`` (tools/convert-hf-maskformer-to-d2.py is its CLI).
+  ``model_final.safetensors`` and ``config.yaml`` (tools/convert-hf-maskformer-to-d2.py is its CLI).
 
 Conventions that differ from the official code and that the conversion absorbs:
 
@@ -43,6 +43,7 @@ from detectron2.config import CfgNode, get_cfg
 
 from ..config import add_maskformer_config
 from ..errors import HFImportError
+from .files import write_safetensors_checkpoint
 
 __all__ = ["convert_state_dict", "config_from_hf", "import_hf_maskformer", "HFImportError"]
 
@@ -426,7 +427,7 @@ def _read_preprocessor(name_or_path: str) -> Optional[Dict[str, Any]]:
 def import_hf_maskformer(name_or_path: str, output_dir: str) -> Tuple[str, str]:
     """Convert a HF MaskFormer (a ``save_pretrained`` folder or a hub id already in the HF cache).
 
-    Writes ``output_dir/model_final.pth`` (``{"model": state_dict, "__author__": ...}``) and
+    Writes ``output_dir/model_final.safetensors`` (the tensors; "__author__" in its metadata) and
     ``output_dir/config.yaml`` (load it with ``cfg.merge_from_file`` after ``add_maskformer_config``).
 
     Returns:
@@ -438,8 +439,8 @@ def import_hf_maskformer(name_or_path: str, output_dir: str) -> Tuple[str, str]:
     cfg = config_from_hf(model.config, _read_preprocessor(name_or_path))
     state = convert_state_dict(model.state_dict(), model.config)
     os.makedirs(output_dir, exist_ok=True)
-    weights = os.path.join(output_dir, "model_final.pth")
-    torch.save({"model": state, "__author__": f"huggingface:{name_or_path}"}, weights)
+    weights = os.path.join(output_dir, "model_final.safetensors")
+    write_safetensors_checkpoint(state, weights, f"huggingface:{name_or_path}", matching_heuristics=False)
     cfg.MODEL.WEIGHTS = os.path.abspath(weights)
     config = os.path.join(output_dir, "config.yaml")
     with open(config, "w") as f:
