@@ -68,6 +68,10 @@ def get_parser() -> argparse.ArgumentParser:
     ap.add_argument("--confidence-threshold", type=float, default=0.5, metavar="T",
                     help="instances scoring below T are not drawn (default 0.5)")
     ap.add_argument("--verbose", action="store_true", help="show detectron2's log and the traceback of errors")
+    ap.add_argument("--allow-unsafe-pickle", action="store_true",
+                    help="load a checkpoint that holds arbitrary Python objects with full pickle, which can "
+                         "run code from the file: only for files you trust (also: "
+                         "MASKFORMER_D2_ALLOW_UNSAFE_PICKLE=1)")
     ap.add_argument("--opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE",
                     help="config overrides, e.g. MODEL.WEIGHTS model.pkl MODEL.DEVICE cpu")
     return ap
@@ -86,28 +90,15 @@ def setup_logging(verbose: bool) -> None:
 
 
 def setup_cfg(args):
-    from detectron2.config import get_cfg
-
+    from maskformer_d2.config import load_config
     from maskformer_d2.errors import UsageError
-
-    from maskformer_d2 import add_maskformer_config
     from maskformer_d2.visualization import task_choices
 
-    if not os.path.isfile(args.config_file):
-        raise FileNotFoundError(f"--config-file {args.config_file}: no such file")
     if args.task is not None and args.task not in task_choices():
         raise UsageError(f"--task {args.task}: choose one of {', '.join(task_choices())}")
-    cfg = get_cfg()
-    add_maskformer_config(cfg)
-    # d2 reports unknown keys and bad values with KeyError / AssertionError / yaml errors
-    try:
-        cfg.merge_from_file(args.config_file)
-    except Exception as e:
-        raise ValueError(f"--config-file {args.config_file}: {_first_line(e)}") from e
-    try:
-        cfg.merge_from_list(args.opts)
-    except Exception as e:
-        raise ValueError(f"--opts: {_first_line(e)}") from e
+    if not os.path.isfile(args.config_file):
+        raise FileNotFoundError(f"--config-file {args.config_file}: no such file")
+    cfg = load_config(args.config_file, args.opts, opts_name="--opts")
     cfg.freeze()
     return cfg
 
@@ -140,8 +131,14 @@ def expand_inputs(patterns: List[str]) -> Tuple[List[str], List[str]]:
 def output_paths(inputs: List[str], output: str) -> List[str]:
     """Where each input's rendering goes: ``output`` itself for one input named like an image,
     else ``output/<input stem>.png`` (made unique when two inputs share a name)."""
-    if len(inputs) == 1 and output.lower().endswith(IMAGE_SUFFIXES) and not os.path.isdir(output):
+    names_a_file = output.lower().endswith(IMAGE_SUFFIXES) and not os.path.isdir(output)
+    if names_a_file and len(inputs) == 1:
         return [output]
+    if names_a_file:
+        from maskformer_d2.errors import UsageError
+
+        raise UsageError(f"--output {output} names one image file, but there are {len(inputs)} inputs; "
+                         "pass a folder")
     used, out = set(), []
     for path in inputs:
         stem, candidate, i = Path(path).stem, Path(path).stem, 1
@@ -171,14 +168,35 @@ def check_display(args) -> None:
         ) from None
 
 
-def run_images(args, demo, paths: List[str], errors: List[str]) -> int:
-    """Render ``paths``; ``errors`` are the input patterns already reported as bad."""
+def video_output_path(video: str, output: str) -> str:
+    """Where a video's rendering goes: ``output`` itself when it names a video file, else
+    ``output/<name>.mp4``, the source's own suffix kept in the name unless it is .mp4
+    (clip.mp4 -> clip.mp4, clip.avi -> clip_avi.mp4)."""
+    if output.lower().endswith(VIDEO_SUFFIXES):
+        return output
+    suffix = Path(video).suffix.lower()
+    stem = Path(video).stem + ("" if suffix in ("", ".mp4") else "_" + suffix[1:])
+    return os.path.join(output, stem + ".mp4")
+
+
+def check_output_folder(target: str) -> None:
+    """Fail before the model is built when ``target``'s folder cannot be created or written."""
+    folder = os.path.dirname(os.path.abspath(target))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise OSError(f"--output: cannot create {folder} ({e.strerror})") from None
+    if not os.access(folder, os.W_OK):
+        raise OSError(f"--output: {folder} is not writable")
+
+
+def run_images(args, demo, paths: List[str], targets: List[Optional[str]], errors: List[str]) -> int:
+    """Render ``paths`` to ``targets``; ``errors`` are the input patterns already reported as bad."""
     import cv2
     from tqdm import tqdm
 
     from maskformer_d2.data.io import ImageReadError, read_image
 
-    targets = output_paths(paths, args.output) if args.output else [None] * len(paths)
     failed = len(errors)
     progress = tqdm(list(zip(paths, targets)), unit="image", disable=len(paths) < 2, file=sys.stderr)
     for path, target in progress:
@@ -193,7 +211,6 @@ def run_images(args, demo, paths: List[str], errors: List[str]) -> int:
         seconds = time.perf_counter() - start
         where = ""
         if target is not None:
-            os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
             if not cv2.imwrite(target, vis[:, :, ::-1]):
                 progress.write(f"error: {target}: cannot be written", file=sys.stderr)
                 failed += 1
@@ -211,16 +228,13 @@ def run_images(args, demo, paths: List[str], errors: List[str]) -> int:
     return 0
 
 
-def run_video(args, demo) -> int:
+def run_video(args, demo, target: Optional[str]) -> int:
     import cv2
     from tqdm import tqdm
 
     from maskformer_d2.visualization import read_frames
 
     name = "webcam" if args.webcam else args.video_input
-    if args.video_input and not os.path.isfile(args.video_input):
-        logger.error("error: %s: no such file", args.video_input)
-        return 1
     video = cv2.VideoCapture(0 if args.webcam else args.video_input)
     ok, first = video.read() if video.isOpened() else (False, None)
     if not ok:
@@ -229,13 +243,7 @@ def run_video(args, demo) -> int:
         return 1
     frames = int(video.get(cv2.CAP_PROP_FRAME_COUNT)) if not args.webcam else 0
     fps = video.get(cv2.CAP_PROP_FPS) or 30.0
-    writer, target = None, None
-    if args.output:
-        if args.output.lower().endswith(VIDEO_SUFFIXES):
-            target = args.output
-        else:
-            target = os.path.join(args.output, Path(name).stem + ".mp4")
-        os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+    writer = None
     start, count = time.perf_counter(), 0
     try:
         stream = demo.run_on_video(itertools.chain([first], read_frames(video)))
@@ -276,18 +284,31 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 1
     try:
         check_display(args)
+        # every input and output problem is reported before the (slow) model build
         paths, errors = expand_inputs(args.input) if args.input else ([], [])
-        for line in errors:  # reported before the (slow) model build; the good inputs still run
+        for line in errors:  # the good inputs still run
             logger.error("error: %s", line)
         if args.input and not paths:
             return 1
+        if args.video_input and not os.path.isfile(args.video_input):
+            raise FileNotFoundError(f"{args.video_input}: no such file")
+        if args.input:
+            targets = output_paths(paths, args.output) if args.output else [None] * len(paths)
+        else:
+            targets = [video_output_path(args.video_input or "webcam", args.output) if args.output else None]
+        for target in {t for t in targets if t is not None}:
+            check_output_folder(target)
+        if args.allow_unsafe_pickle:
+            from maskformer_d2.safe_load import allow_unsafe_pickle
+
+            allow_unsafe_pickle()
         cfg = setup_cfg(args)
         from maskformer_d2.visualization import VisualizationDemo
 
         demo = VisualizationDemo(cfg, task=args.task, confidence_threshold=args.confidence_threshold)
         if args.input:
-            return run_images(args, demo, paths, errors)
-        return run_video(args, demo)
+            return run_images(args, demo, paths, targets, errors)
+        return run_video(args, demo, targets[0])
     except UsageError as e:
         parser.print_usage(sys.stderr)
         logger.error("error: %s", e)

@@ -55,7 +55,7 @@ def configure_task(cfg: CfgNode, task: Optional[str]) -> CfgNode:
     if task not in task_choices():
         raise ValueError(f"task {task!r}: choose one of {', '.join(task_choices())}")
     names = _task_names(task)
-    if any(get_task(n).needs_thing_classes for n in names) and thing_ids_from_metadata(cfg.DATASETS.TRAIN) is None:
+    if any(get_task(n).needs_thing_classes for n in names) and thing_ids_from_metadata(cfg.DATASETS.TRAIN, load_if_needed=True) is None:
         dataset = cfg.DATASETS.TRAIN[0] if len(cfg.DATASETS.TRAIN) else "(none)"
         raise ValueError(
             f"task {task!r} needs thing classes, but DATASETS.TRAIN[0] {dataset!r} defines no "

@@ -3,6 +3,8 @@ import importlib.util
 import json
 import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -417,3 +419,14 @@ def test_prepare_ade20k_full_maps_object_ids_to_847_classes(tmp_path):
     assert labels.dtype == np.uint16 and labels[:2].tolist() == [[0] * 5] * 2
     assert (labels[2:] == 65535).all()
     assert (base / "images_detectron2/validation/ADE_val_00000001.jpg").is_file()
+
+
+def test_leftovers_of_a_killed_generation_are_removed(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    stem = os.path.basename(shapes_module.shapes_spec(str(tmp_path), **SMALL).folder)
+    (tmp_path / f"{stem}.tmp-{dead}-abc123").mkdir()  # its process was killed
+    (tmp_path / f"{stem}.old-{dead}-def456").mkdir()
+    (tmp_path / f"{stem}.tmp-{os.getpid()}-ghi789").mkdir()  # a live generation's
+    prepare_shapes(str(tmp_path), **SMALL)
+    assert sorted(os.listdir(tmp_path)) == sorted([stem, f"{stem}.tmp-{os.getpid()}-ghi789"])

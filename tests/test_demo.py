@@ -121,8 +121,8 @@ def test_checkpoint_for_other_num_classes(setup, tmp_path):
 
 def test_missing_checkpoint(setup, tmp_path):
     result = run_demo(setup, "--input", "astronaut.png", "--output", tmp_path, "--opts", "MODEL.WEIGHTS", "gone.pth")
-    assert_clean_failure(result, "error: checkpoint gone.pth: no such file; set MODEL.WEIGHTS to a .pth/.pkl "
-                                 "file or an http(s) URL")
+    assert_clean_failure(result, "error: checkpoint gone.pth: no such file; set MODEL.WEIGHTS to a "
+                                 ".pth/.pkl/.safetensors file or an http(s) URL")
 
 
 def test_video_that_cannot_be_opened(setup, tmp_path):
@@ -279,3 +279,40 @@ def test_output_paths_are_unique_per_input():
     demo = _load_demo_module()
     assert demo.output_paths(["a/x.jpg", "b/x.png", "y.jpeg"], "out") == ["out/x.png", "out/x_1.png", "out/y.png"]
     assert demo.output_paths(["a/x.jpg"], "result.png") == ["result.png"]
+
+
+def test_video_outputs_keep_the_source_suffix_apart():
+    demo = _load_demo_module()
+    assert demo.video_output_path("in/clip.mp4", "vis") == "vis/clip.mp4"
+    assert demo.video_output_path("in/clip.avi", "vis") == "vis/clip_avi.mp4"
+    assert demo.video_output_path("in/clip.avi", "out.mp4") == "out.mp4"
+
+
+def test_one_output_image_for_two_inputs_is_a_usage_error(setup, tmp_path):
+    result = run_demo(setup, "--input", "astronaut.png", "coffee.png", "--output", tmp_path / "x.png")
+    assert_clean_failure(result, f"error: --output {tmp_path / 'x.png'} names one image file, but there are 2 "
+                                 "inputs; pass a folder", status=2)
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_output_problems_are_reported_before_the_model_is_built(setup, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should be")
+    # the checkpoint does not exist either: the output problem must be found first
+    result = run_demo(setup, "--input", "astronaut.png", "--output", blocker / "vis",
+                      "--opts", "MODEL.WEIGHTS", "gone.pth")
+    assert_clean_failure(result, f"error: --output: cannot create {blocker / 'vis'} (Not a directory)")
+    result = run_demo(setup, "--video-input", "missing.mp4", "--output", tmp_path, "--opts", "MODEL.WEIGHTS", "gone.pth")
+    assert_clean_failure(result, "error: missing.mp4: no such file")
+
+
+def test_a_config_that_would_run_code_is_refused(setup, tmp_path):
+    marker = tmp_path / "MARKER"
+    config = tmp_path / "evil.yaml"
+    config.write_text(f"_BASE_: {setup / 'config.yaml'}\nMODEL:\n  WEIGHTS: !!python/object/apply:os.system [\"touch {marker}\"]\n")
+    cmd = [sys.executable, str(DEMO), "--config-file", str(config), "--input", "astronaut.png", "--output", str(tmp_path)]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=setup, timeout=600)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    line = error_lines(result)[-1]
+    assert line.startswith(f"error: config {config}: refused: it is not plain YAML") and "python/object/apply" in line
+    assert not marker.exists()

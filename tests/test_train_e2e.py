@@ -40,18 +40,35 @@ def _train_cmd(tmp_path: Path, *opts: str, resume: bool = False):
     return cmd + [*TINY, "OUTPUT_DIR", str(tmp_path / "out"), *opts], env
 
 
-# train_net.py's command line with one extra hook that sends the process SIGTERM as iteration KILL_AT begins:
-# the real signal path, at a known iteration, however slow the machine is
+# train_net.py's command line, with two ways to stop it at a known point, however slow the machine:
+# SIGTERM_AT=<i> sends the process SIGTERM as iteration i begins (the real signal path);
+# KILL_DURING_SAVE=<file.pth> SIGKILLs it half-way through writing that checkpoint.
 KILL_AT = 20
-_SIGTERM_AT = f"""
+_WRAPPER = """
 import os, signal, sys
+import torch
 from detectron2.engine import HookBase
 from maskformer_d2.engine import Trainer, cli
+
+SIGTERM_AT = int(os.environ.get("SIGTERM_AT", "-1"))
+KILL_DURING = os.environ.get("KILL_DURING_SAVE", "")
+_save = torch.save
+
+
+def save(obj, f, *args, **kwargs):
+    if KILL_DURING and os.path.basename(getattr(f, "name", "")).startswith("." + KILL_DURING + ".tmp-"):
+        f.write(b"PK\\x03\\x04 the first bytes of a checkpoint")
+        f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _save(obj, f, *args, **kwargs)
+
+
+torch.save = save
 
 
 class SigtermAt(HookBase):
     def before_step(self):
-        if self.trainer.iter == {KILL_AT}:
+        if self.trainer.iter == SIGTERM_AT:
             os.kill(os.getpid(), signal.SIGTERM)
 
 
@@ -61,25 +78,32 @@ sys.exit(cli(sys.argv[1:]))
 """
 
 
+def run_wrapped(tmp_path: Path, *opts: str, resume: bool = False, **stop: str) -> subprocess.CompletedProcess:
+    """train_net.py through the wrapper above; ``stop``: SIGTERM_AT and/or KILL_DURING_SAVE."""
+    cmd, env = _train_cmd(tmp_path, *opts, resume=resume)
+    wrapper = tmp_path / "train_net_stoppable.py"
+    wrapper.write_text(_WRAPPER)
+    env.update(stop)
+    return subprocess.run([cmd[0], str(wrapper), *cmd[2:]], env=env, capture_output=True, text=True, timeout=900)
+
+
 @pytest.mark.slow
 def test_train_evaluate_and_resume_after_a_kill(tmp_path):
     """SIGTERM mid-run saves a checkpoint; --resume continues from the interrupted iteration
     and finishes; the loss falls; mIoU, PQ and mask AP come back finite."""
     out = tmp_path / "out"
-    cmd, env = _train_cmd(tmp_path, "SOLVER.MAX_ITER", "45")
-    wrapper = tmp_path / "train_net_sigterm.py"
-    wrapper.write_text(_SIGTERM_AT)
-    killed = subprocess.run([cmd[0], str(wrapper), *cmd[2:]], env=env, capture_output=True, text=True,
-                            timeout=900)
+    killed = run_wrapped(tmp_path, "SOLVER.MAX_ITER", "45", SIGTERM_AT=str(KILL_AT))
     assert killed.returncode == 130, killed.stderr[-3000:]
     assert "--resume" in killed.stderr.splitlines()[-1]  # one line telling how to continue
     assert (out / "model_0000014.pth").exists()  # the periodic checkpoint before the kill
     assert (out / "last_checkpoint").read_text().strip() == "model_interrupted.pth"
-    saved = torch.load(out / "model_interrupted.pth", map_location="cpu", weights_only=False)["iteration"]
+    saved = torch.load(out / "model_interrupted.pth", map_location="cpu", weights_only=True)["iteration"]
     assert saved == KILL_AT - 1  # iterations 0..19 are complete; 20 was interrupted
 
     resumed = run_train_net(tmp_path, "SOLVER.MAX_ITER", "45", resume=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # a successful run prints no traceback (the panoptic evaluator's pool workers get SIGTERM at exit)
+    assert "Traceback" not in resumed.stderr and "KeyboardInterrupt" not in resumed.stderr
     log = (out / "log.txt").read_text()
     assert f"Starting training from iteration {saved + 1}" in log  # no iteration lost or repeated
     assert (out / "model_final.pth").exists()
@@ -121,12 +145,24 @@ def test_bad_config_key_is_one_line(tmp_path):
     assert "NO_SUCH_KEY" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
 
 
+def _random_weights(tmp_path: Path) -> str:
+    """A checkpoint of the model train_net.py builds from CONFIG + TINY."""
+    from detectron2.modeling import build_model
+
+    from maskformer_d2.config import load_config
+
+    path = tmp_path / "random.pth"
+    torch.save({"model": build_model(load_config(str(CONFIG), [*TINY, "MODEL.DEVICE", "cpu"])).state_dict()}, path)
+    return str(path)
+
+
 def test_empty_annotation_file_is_one_line(tmp_path):
     """An empty annotation JSON of a registered dataset: one line naming dataset and file, exit 1."""
     base = tmp_path / "datasets" / "ADEChallengeData2016"
     (base / "images" / "validation").mkdir(parents=True)
     (base / "ade20k_instance_val.json").write_text("")
-    cmd, env = _train_cmd(tmp_path, "DATASETS.TEST", "('ade20k_instance_val',)")
+    cmd, env = _train_cmd(tmp_path, "DATASETS.TEST", "('ade20k_instance_val',)", "MODEL.WEIGHTS",
+                          _random_weights(tmp_path))
     env["DETECTRON2_DATASETS"] = str(tmp_path / "datasets")
     proc = subprocess.run([*cmd[:2], "--eval-only", *cmd[2:]],
                           env=env, capture_output=True, text=True, timeout=300)
@@ -134,6 +170,67 @@ def test_empty_annotation_file_is_one_line(tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("train_net: error: dataset ade20k_instance_val: cannot read")
     assert str(base / "ade20k_instance_val.json") in last and "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------------------------ interrupted saves
+FAST = ["DATASETS.TEST", "()", "TEST.EVAL_PERIOD", "0", "MODEL.MASK_FORMER.DEC_LAYERS", "2"]
+
+
+def _iteration(path: Path) -> int:
+    return torch.load(path, map_location="cpu", weights_only=True)["iteration"]
+
+
+def _assert_resumes_at(tmp_path: Path, iteration: int, max_iter: str) -> None:
+    out = tmp_path / "out"
+    (out / "log.txt").unlink()
+    resumed = run_train_net(tmp_path, *FAST, "SOLVER.MAX_ITER", max_iter, resume=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Starting training from iteration {iteration}" in (out / "log.txt").read_text()
+    assert not [f for f in os.listdir(out) if ".tmp-" in f]  # the killed write's leftover is gone
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["periodic", "final", "interrupted"])
+def test_a_kill_during_a_save_loses_no_complete_checkpoint(tmp_path, kind):
+    """SIGKILL half-way through writing each kind of checkpoint; --resume continues from the newest
+    complete one (the file ``last_checkpoint`` names is never overwritten in place)."""
+    out = tmp_path / "out"
+    if kind == "periodic":  # checkpoints at iterations 4 and 9: killed while writing the second
+        killed = run_wrapped(tmp_path, *FAST, "SOLVER.MAX_ITER", "12", "SOLVER.CHECKPOINT_PERIOD", "5",
+                             KILL_DURING_SAVE="model_0000009.pth")
+        expected = 5
+    elif kind == "final":  # resuming with a longer schedule re-saves model_final.pth, which is killed
+        first = run_train_net(tmp_path, *FAST, "SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "1000")
+        assert first.returncode == 0, first.stderr[-3000:]
+        killed = run_wrapped(tmp_path, *FAST, "SOLVER.MAX_ITER", "9", "SOLVER.CHECKPOINT_PERIOD", "1000",
+                             resume=True, KILL_DURING_SAVE="model_final.pth")
+        expected = 6
+    else:  # a second preemption: SIGTERM saves model_interrupted.pth again, SIGKILL hits the write
+        first = run_wrapped(tmp_path, *FAST, "SOLVER.MAX_ITER", "20", "SOLVER.CHECKPOINT_PERIOD", "1000",
+                            SIGTERM_AT="4")
+        assert first.returncode == 130, first.stderr[-3000:]
+        killed = run_wrapped(tmp_path, *FAST, "SOLVER.MAX_ITER", "20", "SOLVER.CHECKPOINT_PERIOD", "1000",
+                             resume=True, SIGTERM_AT="7", KILL_DURING_SAVE="model_interrupted.pth")
+        expected = 4
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert [f for f in os.listdir(out) if ".tmp-" in f]  # the kill did hit a write
+    tagged = out / (out / "last_checkpoint").read_text().strip()
+    assert _iteration(tagged) == expected - 1  # complete and readable
+    _assert_resumes_at(tmp_path, expected, "12" if kind != "interrupted" else "10")
+
+
+def test_interrupt_before_any_checkpoint_says_so(tmp_path):
+    proc = run_wrapped(tmp_path, *FAST, "SOLVER.MAX_ITER", "5", SIGTERM_AT="0")
+    assert proc.returncode == 130, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "train_net: interrupted before any checkpoint was written; start again (no --resume needed)")
+
+
+def test_eval_only_without_weights_is_an_error(tmp_path):
+    proc = subprocess.run([*_train_cmd(tmp_path)[0][:2], "--eval-only", *_train_cmd(tmp_path)[0][2:]],
+                          env=_train_cmd(tmp_path)[1], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("train_net: error: --eval-only needs weights: set MODEL.WEIGHTS")
 
 
 # ------------------------------------------------------------------------------------ DDP on CPU
@@ -213,3 +310,31 @@ def test_two_process_gloo_equals_one_process(tmp_path):
     for k in ("loss_ce", "loss_ce_0"):  # per-process weighted means of equal-size halves
         assert ddp[k] == pytest.approx(single[k], rel=5e-3), k
     assert ddp["weights"] == pytest.approx(single["weights"], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_cpu_processes_share_the_cores(tmp_path):
+    """--num-gpus 2 without GPUs: two gloo processes, each with its share of the cores, said once."""
+    cmd, env = _train_cmd(tmp_path, *FAST, "SOLVER.MAX_ITER", "4", "MODEL.RESNETS.NORM", "GN")
+    proc = subprocess.run([*cmd[:2], "--num-gpus", "2", *cmd[2:]], env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    threads = max(1, (os.cpu_count() or 1) // 2)
+    log = (tmp_path / "out" / "log.txt").read_text()
+    assert log.count(f"2 CPU processes on this machine: {threads} threads each") == 1
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_listed_but_missing_image_is_one_line(tmp_path):
+    """An image the dataset lists but the disk lacks stops training with one line naming it."""
+    from maskformer_d2.data.datasets.shapes import prepare_shapes
+
+    cache = tmp_path / "cache" / "shapes"
+    folder = prepare_shapes(str(cache), num_train=48, num_val=6, image_size=128)
+    for image in sorted((Path(folder) / "images" / "train").iterdir()):
+        image.unlink()  # every image gone: the first batch meets one
+    proc = run_train_net(tmp_path, *FAST, "SOLVER.MAX_ITER", "2")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("train_net: error: ") and "/images/train/0000" in last and ": no such file; re-create" in last
+    assert "Traceback" not in proc.stderr

@@ -7,7 +7,7 @@ import logging
 from typing import FrozenSet, List, Optional, Sequence
 
 from detectron2.config import CfgNode
-from detectron2.data import MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.catalog import Metadata
 from detectron2.utils.colormap import colormap
 
@@ -16,15 +16,26 @@ __all__ = ["thing_ids_from_metadata", "train_ignore_label", "display_metadata"]
 logger = logging.getLogger(__name__)
 
 
-def thing_ids_from_metadata(dataset_names: Sequence[str]) -> Optional[FrozenSet[int]]:
+def thing_ids_from_metadata(dataset_names: Sequence[str], load_if_needed: bool = False
+                            ) -> Optional[FrozenSet[int]]:
     """Contiguous ids of "thing" classes of the first dataset, or None when it does not say.
 
     Like the official code, these are the values of ``thing_dataset_id_to_contiguous_id``.
+
+    Args:
+        dataset_names: e.g. ``cfg.DATASETS.TRAIN``.
+        load_if_needed: when the metadata of a COCO-format dataset (one with a ``json_file``)
+            lacks the mapping, load the dataset once to fill it in: detectron2's
+            ``register_coco_instances`` sets it only when the json is first read.
     """
     if not dataset_names:
         return None
-    meta = MetadataCatalog.get(dataset_names[0])
-    mapping = getattr(meta, "thing_dataset_id_to_contiguous_id", None)
+    name = dataset_names[0]
+    meta = MetadataCatalog.get(name)
+    mapping = meta.get("thing_dataset_id_to_contiguous_id", None)
+    if mapping is None and load_if_needed and meta.get("json_file", None) and name in DatasetCatalog:
+        DatasetCatalog.get(name)
+        mapping = MetadataCatalog.get(name).get("thing_dataset_id_to_contiguous_id", None)
     return frozenset(mapping.values()) if mapping is not None else None
 
 

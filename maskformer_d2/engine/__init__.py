@@ -1,6 +1,6 @@
 """Training and evaluation on detectron2's engine: the trainer, the optimiser recipe, test-time
 augmentation and the ``train_net.py`` command line."""
-from .cli import build_cfg, cli, main, setup
+from .command import argument_parser, build_cfg, cli, main, setup
 from .solver import WarmupPolyLR, build_lr_scheduler, build_optimizer, param_groups
 from .trainer import SaveOnInterrupt, Trainer
 from .tta import SemanticSegmentorWithTTA
@@ -12,6 +12,7 @@ __all__ = [
     "setup",
     "main",
     "cli",
+    "argument_parser",
     "build_optimizer",
     "build_lr_scheduler",
     "param_groups",

@@ -74,6 +74,8 @@ class MaskFormer(nn.Module):
     def from_config(cls, cfg) -> dict:
         backbone = build_backbone(cfg)
         test = cfg.MODEL.MASK_FORMER.TEST
+        tasks = enabled_tasks(cfg)
+        needs_things = any(t.needs_thing_classes for t in tasks)
         return {
             "backbone": backbone,
             "sem_seg_head": build_sem_seg_head(cfg, backbone.output_shape()),
@@ -81,9 +83,9 @@ class MaskFormer(nn.Module):
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "size_divisibility": cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY,
-            "tasks": [t.name for t in enabled_tasks(cfg)],
+            "tasks": [t.name for t in tasks],
             "inference_options": InferenceOptions(
-                thing_ids=thing_ids_from_metadata(cfg.DATASETS.TRAIN),
+                thing_ids=thing_ids_from_metadata(cfg.DATASETS.TRAIN, load_if_needed=needs_things),
                 object_mask_threshold=test.OBJECT_MASK_THRESHOLD,
                 overlap_threshold=test.OVERLAP_THRESHOLD,
                 detections_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,

@@ -4,6 +4,7 @@ import json
 import logging
 import multiprocessing
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -121,6 +122,25 @@ def _is_complete(spec: ShapesSpec, folder: Optional[str] = None) -> bool:
         return False
 
 
+# what prepare_shapes names its working folders: <dataset folder>.tmp-<pid>-<random> (.old- likewise)
+_WORK_FOLDER = re.compile(r".+\.(?:tmp|old)-(\d+)-[^-]+")
+
+
+def _remove_leftovers(root: str) -> None:
+    """Remove the working folders of generations whose process was killed (a live one's stay)."""
+    for name in os.listdir(root):
+        found = _WORK_FOLDER.fullmatch(name)
+        if found is None or not os.path.isdir(os.path.join(root, name)):
+            continue
+        try:
+            os.kill(int(found.group(1)), 0)
+        except ProcessLookupError:
+            logger.info(f"removing {os.path.join(root, name)}, left by an interrupted generation")
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            pass
+
+
 def prepare_shapes(cfg_or_root: Union[CfgNode, str, None] = None, *,
                    workers: Optional[int] = None, **overrides: Any) -> str:
     """Generate the shapes dataset unless a complete copy with the same parameters exists.
@@ -142,7 +162,8 @@ def prepare_shapes(cfg_or_root: Union[CfgNode, str, None] = None, *,
     start = time.perf_counter()
     logger.info(f"generating the shapes dataset ({spec.num_train} train + {spec.num_val} val "
                 f"images of {spec.image_size}px) in {spec.folder} ...")
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(spec.folder) + ".tmp-", dir=spec.root)
+    _remove_leftovers(spec.root)
+    tmp = tempfile.mkdtemp(prefix=f"{os.path.basename(spec.folder)}.tmp-{os.getpid()}-", dir=spec.root)
     stale = None
     try:
         os.makedirs(os.path.join(tmp, "annotations"))
@@ -152,7 +173,7 @@ def prepare_shapes(cfg_or_root: Union[CfgNode, str, None] = None, *,
         if os.path.exists(spec.folder):
             if _is_complete(spec):  # another process finished first
                 return spec.folder
-            stale = tempfile.mkdtemp(prefix=os.path.basename(spec.folder) + ".old-", dir=spec.root)
+            stale = tempfile.mkdtemp(prefix=f"{os.path.basename(spec.folder)}.old-{os.getpid()}-", dir=spec.root)
             os.rename(spec.folder, os.path.join(stale, "data"))
         try:
             os.rename(tmp, spec.folder)

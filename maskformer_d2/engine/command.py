@@ -1,0 +1,156 @@
+"""The ``train_net.py`` command line: the config of a run, training or evaluation in each
+process started by detectron2's ``launch``, and one-line errors.
+
+    python train_net.py --config-file configs/shapes/maskformer_R18_shapes.yaml
+    python train_net.py --config-file CFG --num-gpus 8
+    python train_net.py --config-file CFG --eval-only MODEL.WEIGHTS model_final.pth
+    python train_net.py --config-file CFG --resume          # continue a stopped run
+"""
+import argparse
+import logging
+import os
+import signal
+import sys
+from typing import Dict, List, Optional
+
+import torch
+import torch.multiprocessing
+
+import detectron2.utils.comm as comm
+from detectron2.config import CfgNode
+from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.evaluation import verify_results
+from detectron2.utils.logger import setup_logger
+
+from ..checkpoint import MaskFormerCheckpointer
+from ..config import load_config, resolve_device
+from ..data import prepare_shapes, register_shapes
+from ..errors import first_line
+from ..safe_load import UNSAFE_PICKLE_ENV, UNSAFE_PICKLE_FLAG, allow_unsafe_pickle
+from .trainer import Trainer
+
+__all__ = ["argument_parser", "build_cfg", "setup", "main", "cli"]
+
+logger = logging.getLogger("maskformer_d2")
+
+
+def build_cfg(args: argparse.Namespace) -> CfgNode:
+    """The config of a run: defaults + MaskFormer keys + the YAML + command-line overrides."""
+    cfg = resolve_device(load_config(args.config_file, args.opts, opts_name=f"config {args.config_file}"))
+    register_shapes(cfg)  # DATASETS.SHAPES.* apply to the built-in dataset
+    return cfg
+
+
+def _uses_shapes(cfg: CfgNode) -> bool:
+    return any(name.startswith("shapes_") for name in cfg.DATASETS.TRAIN + cfg.DATASETS.TEST)
+
+
+def setup(args: argparse.Namespace) -> CfgNode:
+    """The frozen config of a run, with detectron2's logging and output-folder set-up done."""
+    cfg = build_cfg(args)
+    cfg.freeze()
+    default_setup(cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="maskformer_d2")
+    return cfg
+
+
+def argument_parser() -> argparse.ArgumentParser:
+    """detectron2's ``default_argument_parser`` plus maskformer_d2's flags."""
+    parser = default_argument_parser()
+    parser.add_argument(
+        UNSAFE_PICKLE_FLAG, action="store_true",
+        help=f"load checkpoints that hold arbitrary Python objects with full pickle, which can run "
+             f"code from the file: only for files you trust (also: {UNSAFE_PICKLE_ENV}=1)")
+    return parser
+
+
+def _share_cpu_cores(cfg: CfgNode) -> None:
+    """Give each of several CPU processes on a machine its share of the cores (torch would give
+    each all of them, and the processes would then fight over the cores)."""
+    per_machine = comm.get_local_size()
+    if per_machine <= 1 or cfg.MODEL.DEVICE != "cpu":
+        return
+    threads = max(1, (os.cpu_count() or 1) // per_machine)
+    torch.set_num_threads(threads)
+    if comm.get_local_rank() == 0:
+        logger.info(f"{per_machine} CPU processes on this machine: {threads} threads each "
+                    f"({os.cpu_count()} cores)")
+
+
+def main(args: argparse.Namespace) -> Optional[Dict]:
+    """Train (or, with ``--eval-only``, evaluate) in one process; returns the final evaluation."""
+    cfg = setup(args)
+    _share_cpu_cores(cfg)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        MaskFormerCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        res = Trainer.test(cfg, model)
+        if cfg.TEST.AUG.ENABLED:
+            res.update(Trainer.test_with_TTA(cfg, model))
+        if comm.is_main_process():
+            verify_results(cfg, res)
+        return res
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    trainer.train()
+    return trainer.eval_results
+
+
+_MAIN_PID = os.getpid()
+
+
+def _sigterm_as_interrupt(signum, frame):
+    if os.getpid() != _MAIN_PID:  # a forked worker (e.g. of an evaluator's pool) being stopped
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _check_eval_only(args: argparse.Namespace, cfg: CfgNode) -> None:
+    if args.eval_only and not cfg.MODEL.WEIGHTS and not (args.resume and _checkpoints(cfg.OUTPUT_DIR)):
+        raise ValueError(
+            "--eval-only needs weights: set MODEL.WEIGHTS (or use --resume with a checkpoint in "
+            f"OUTPUT_DIR {cfg.OUTPUT_DIR})")
+
+
+def _checkpoints(output_dir: str) -> List[str]:
+    return MaskFormerCheckpointer(torch.nn.Module(), output_dir).resume_candidates()
+
+
+def _interrupted_message(cfg: Optional[CfgNode]) -> str:
+    found = _checkpoints(cfg.OUTPUT_DIR) if cfg is not None else []
+    if not found:
+        return "train_net: interrupted before any checkpoint was written; start again (no --resume needed)"
+    return (f"train_net: interrupted; the last checkpoint is {found[0]}, continue with --resume")
+
+
+def cli(argv: Optional[List[str]] = None) -> int:
+    """``train_net.py``: parse ``argv``, launch :func:`main` in every process; the exit status."""
+    args = argument_parser().parse_args(argv)
+    if getattr(args, UNSAFE_PICKLE_FLAG[2:].replace("-", "_")):
+        allow_unsafe_pickle()  # the environment carries it to the processes launch() starts
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    cfg = None
+    try:
+        cfg = build_cfg(args)  # fails early, once, on a bad config
+        _check_eval_only(args, cfg)
+        if _uses_shapes(cfg):
+            prepare_shapes(cfg)  # once, before worker processes start
+        launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+               dist_url=args.dist_url, args=(args,))
+    except KeyboardInterrupt:
+        print(_interrupted_message(cfg), file=sys.stderr)
+        return 130
+    except (OSError, ValueError, KeyError, AssertionError, NotImplementedError) as e:  # d2 asserts on bad data
+        if os.environ.get("MASKFORMER_D2_DEBUG"):
+            raise
+        print(f"train_net: error: {first_line(e) or type(e).__name__}", file=sys.stderr)
+        return 1
+    except torch.multiprocessing.ProcessRaisedException as e:  # an error in a launched process
+        if os.environ.get("MASKFORMER_D2_DEBUG"):
+            raise
+        lines = [line for line in str(e).strip().splitlines() if line.strip()]
+        print(f"train_net: error: {lines[-1] if lines else type(e).__name__}", file=sys.stderr)
+        return 1
+    return 0
