@@ -190,6 +190,25 @@ def check_output_folder(target: str) -> None:
         raise OSError(f"--output: {folder} is not writable")
 
 
+def plan(args) -> Tuple[List[str], List[Optional[str]], List[str]]:
+    """Inputs, where each one's rendering goes (None: a window) and the bad input patterns (each
+    reported here), all checked before the (slow) model build."""
+    paths, errors = expand_inputs(args.input) if args.input else ([], [])
+    for line in errors:  # the good inputs still run
+        logger.error("error: %s", line)
+    if args.input and not paths:
+        return paths, [], errors
+    if args.video_input and not os.path.isfile(args.video_input):
+        raise FileNotFoundError(f"{args.video_input}: no such file")
+    if args.input:
+        targets = output_paths(paths, args.output) if args.output else [None] * len(paths)
+    else:
+        targets = [video_output_path(args.video_input or "webcam", args.output) if args.output else None]
+    for target in {t for t in targets if t is not None}:
+        check_output_folder(target)
+    return paths, targets, errors
+
+
 def run_images(args, demo, paths: List[str], targets: List[Optional[str]], errors: List[str]) -> int:
     """Render ``paths`` to ``targets``; ``errors`` are the input patterns already reported as bad."""
     import cv2
@@ -284,20 +303,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 1
     try:
         check_display(args)
-        # every input and output problem is reported before the (slow) model build
-        paths, errors = expand_inputs(args.input) if args.input else ([], [])
-        for line in errors:  # the good inputs still run
-            logger.error("error: %s", line)
+        paths, targets, errors = plan(args)
         if args.input and not paths:
             return 1
-        if args.video_input and not os.path.isfile(args.video_input):
-            raise FileNotFoundError(f"{args.video_input}: no such file")
-        if args.input:
-            targets = output_paths(paths, args.output) if args.output else [None] * len(paths)
-        else:
-            targets = [video_output_path(args.video_input or "webcam", args.output) if args.output else None]
-        for target in {t for t in targets if t is not None}:
-            check_output_folder(target)
         if args.allow_unsafe_pickle:
             from maskformer_d2.safe_load import allow_unsafe_pickle
 

@@ -58,7 +58,7 @@ def argument_parser() -> argparse.ArgumentParser:
     """detectron2's ``default_argument_parser`` plus maskformer_d2's flags."""
     parser = default_argument_parser()
     parser.add_argument(
-        UNSAFE_PICKLE_FLAG, action="store_true",
+        UNSAFE_PICKLE_FLAG, dest="allow_unsafe_pickle", action="store_true",
         help=f"load checkpoints that hold arbitrary Python objects with full pickle, which can run "
              f"code from the file: only for files you trust (also: {UNSAFE_PICKLE_ENV}=1)")
     return parser
@@ -96,15 +96,19 @@ def main(args: argparse.Namespace) -> Optional[Dict]:
     return trainer.eval_results
 
 
-_MAIN_PID = os.getpid()
+def _sigterm_as_interrupt_in(main_pid: int):
+    """A SIGTERM handler that interrupts training like Ctrl-C in ``main_pid`` only: a forked
+    worker (e.g. of the panoptic evaluator's pool, which is terminated at exit) inherits the
+    handler, and there SIGTERM keeps its default meaning."""
 
+    def handler(signum, frame):
+        if os.getpid() != main_pid:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise KeyboardInterrupt(f"signal {signum}")
 
-def _sigterm_as_interrupt(signum, frame):
-    if os.getpid() != _MAIN_PID:  # a forked worker (e.g. of an evaluator's pool) being stopped
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
-        return
-    raise KeyboardInterrupt(f"signal {signum}")
+    return handler
 
 
 def _check_eval_only(args: argparse.Namespace, cfg: CfgNode) -> None:
@@ -122,15 +126,15 @@ def _interrupted_message(cfg: Optional[CfgNode]) -> str:
     found = _checkpoints(cfg.OUTPUT_DIR) if cfg is not None else []
     if not found:
         return "train_net: interrupted before any checkpoint was written; start again (no --resume needed)"
-    return (f"train_net: interrupted; the last checkpoint is {found[0]}, continue with --resume")
+    return f"train_net: interrupted; the last checkpoint is {found[0]}, continue with --resume"
 
 
 def cli(argv: Optional[List[str]] = None) -> int:
     """``train_net.py``: parse ``argv``, launch :func:`main` in every process; the exit status."""
     args = argument_parser().parse_args(argv)
-    if getattr(args, UNSAFE_PICKLE_FLAG[2:].replace("-", "_")):
+    if args.allow_unsafe_pickle:
         allow_unsafe_pickle()  # the environment carries it to the processes launch() starts
-    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt_in(os.getpid()))
     cfg = None
     try:
         cfg = build_cfg(args)  # fails early, once, on a bad config
