@@ -28,7 +28,7 @@ import logging
 import os
 import re
 from collections import Counter, OrderedDict
-from typing import Any, BinaryIO, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from fvcore.common.checkpoint import _IncompatibleKeys
@@ -37,7 +37,8 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.checkpoint.c2_model_loading import convert_c2_detectron_names
 
 from ._deprecated import moved_names
-from .errors import CheckpointMismatchError, CheckpointReadError, UnsafeCheckpointError, first_line
+from .atomic import leftovers_of_dead_writers, write_atomically
+from .errors import CheckpointMismatchError, CheckpointReadError, UnsafeCheckpointError
 from .safe_load import load_pkl, load_pth
 
 __all__ = [
@@ -45,8 +46,8 @@ __all__ = [
     "CheckpointMismatchError",
     "CheckpointReadError",
     "UnsafeCheckpointError",
-    "write_atomically",
-    "remove_stale_temporaries",
+    "tagged_checkpoint",
+    "resume_candidates",
     "describe_mismatch",
     "summarize_keys",
 ]
@@ -155,50 +156,28 @@ def describe_mismatch(
 LAST_CHECKPOINT = "last_checkpoint"
 
 
-def remove_stale_temporaries(folder: str) -> List[str]:
-    """Remove the temporary files :func:`write_atomically` left in ``folder`` when its process was
-    killed (those of live processes stay); returns their names."""
-    removed = []
-    for name in os.listdir(folder) if os.path.isdir(folder) else []:
-        found = re.fullmatch(r"\..+\.tmp-(\d+)", name)
-        if found is None:
-            continue
-        try:
-            os.kill(int(found.group(1)), 0)
-        except ProcessLookupError:  # its writer is gone
-            with contextlib.suppress(OSError):
-                os.remove(os.path.join(folder, name))
-                removed.append(name)
-        except PermissionError:  # alive, someone else's
-            pass
-    return removed
-
-
-def write_atomically(path: str, write: Callable[[BinaryIO], Any]) -> None:
-    """Write ``path`` so that it is either its old content or the complete new one, never a part.
-
-    ``write(f)`` fills a temporary file in the same folder (a hidden ``.<name>.tmp-<pid>``), which
-    is flushed, fsynced and renamed over ``path``; a failure removes it. A process killed in the
-    middle leaves only that temporary file, which no reader takes for a checkpoint.
-    """
-    folder, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{name}.tmp-{os.getpid()}")
+def tagged_checkpoint(save_dir: str) -> str:
+    """The basename ``<save_dir>/last_checkpoint`` names ("" without one)."""
     try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        with open(os.path.join(save_dir, LAST_CHECKPOINT)) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def resume_candidates(save_dir: str) -> List[str]:
+    """Checkpoints to resume from, best first: the one ``last_checkpoint`` names, then every other
+    ``.pth`` of ``save_dir``, newest first (temporary files of interrupted writes are never
+    candidates)."""
+    if not save_dir or not os.path.isdir(save_dir):
+        return []
+    files = [os.path.join(save_dir, f) for f in os.listdir(save_dir) if f.endswith(".pth") and not f.startswith(".")]
+    files.sort(key=os.path.getmtime, reverse=True)
+    tagged = tagged_checkpoint(save_dir)
+    if tagged and os.path.join(save_dir, tagged) in files:
+        files.remove(os.path.join(save_dir, tagged))
+        files.insert(0, os.path.join(save_dir, tagged))
+    return files
 
 
 # ----------------------------------------------------------------------------- checkpointer
@@ -305,8 +284,10 @@ class MaskFormerCheckpointer(DetectionCheckpointer):
         data.update(kwargs)
         basename = f"{name}.pth"
         path = os.path.join(self.save_dir, basename)
-        for stale in remove_stale_temporaries(self.save_dir):
-            logger.warning(f"removed {os.path.join(self.save_dir, stale)}, left by an interrupted save")
+        for stale in leftovers_of_dead_writers(self.save_dir):
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(self.save_dir, stale))
+                logger.warning(f"removed {os.path.join(self.save_dir, stale)}, left by an interrupted save")
         self.logger.info(f"Saving checkpoint to {path}")
         write_atomically(path, lambda f: torch.save(data, f))
         self.tag_last_checkpoint(basename)
@@ -316,28 +297,9 @@ class MaskFormerCheckpointer(DetectionCheckpointer):
         write_atomically(path, lambda f: f.write(last_filename_basename.encode()))
 
     # ---- resuming
-    def _tagged(self) -> str:
-        """The basename ``last_checkpoint`` names ("" without one)."""
-        try:
-            with open(os.path.join(self.save_dir, LAST_CHECKPOINT)) as f:
-                return f.read().strip()
-        except OSError:
-            return ""
-
     def resume_candidates(self) -> List[str]:
-        """Checkpoints to resume from, best first: the one ``last_checkpoint`` names, then every
-        other ``.pth`` of ``save_dir``, newest first (temporary files of interrupted writes are
-        never candidates)."""
-        if not self.save_dir or not os.path.isdir(self.save_dir):
-            return []
-        files = [os.path.join(self.save_dir, f) for f in os.listdir(self.save_dir)
-                 if f.endswith(".pth") and not f.startswith(".")]
-        files.sort(key=os.path.getmtime, reverse=True)
-        tagged = os.path.join(self.save_dir, self._tagged()) if self._tagged() else None
-        if tagged in files:
-            files.remove(tagged)
-            files.insert(0, tagged)
-        return files
+        """:func:`resume_candidates` of ``save_dir``."""
+        return resume_candidates(self.save_dir)
 
     def has_checkpoint(self) -> bool:
         return bool(self.resume_candidates())
@@ -346,7 +308,7 @@ class MaskFormerCheckpointer(DetectionCheckpointer):
         """Resume from the newest complete checkpoint of ``save_dir`` (``resume=True`` and one
         exists), else load only the model from ``path``."""
         candidates = self.resume_candidates() if resume else []
-        tagged = self._tagged()
+        tagged = tagged_checkpoint(self.save_dir)
         if resume and tagged and not os.path.isfile(os.path.join(self.save_dir, tagged)):
             logger.warning(f"{os.path.join(self.save_dir, LAST_CHECKPOINT)} names {tagged}, which is missing")
         if not candidates:

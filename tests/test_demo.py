@@ -185,7 +185,7 @@ def test_video_is_rendered_frame_by_frame(setup, tmp_path):
     writer.release()
     result = run_demo(setup, "--video-input", tmp_path / "clip.mp4", "--output", tmp_path / "vis", "--task", "panoptic")
     assert result.returncode == 0, result.stderr
-    assert f"clip.mp4: 3 frames in" in result.stderr
+    assert "clip.mp4: 3 frames in" in result.stderr
     video = cv2.VideoCapture(str(tmp_path / "vis" / "clip.mp4"))
     assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
     ok, frame = video.read()

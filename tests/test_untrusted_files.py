@@ -16,7 +16,8 @@ import torch
 from detectron2.modeling import build_model
 
 from _tiny_maskformer import tiny_cfg
-from maskformer_d2.checkpoint import MaskFormerCheckpointer, remove_stale_temporaries, write_atomically
+from maskformer_d2.atomic import leftovers_of_dead_writers, write_atomically
+from maskformer_d2.checkpoint import MaskFormerCheckpointer
 from maskformer_d2.engine.solver import build_lr_scheduler, build_optimizer
 from maskformer_d2.errors import CheckpointReadError, UnsafeCheckpointError
 from maskformer_d2.safe_load import UNSAFE_PICKLE_ENV
@@ -173,13 +174,15 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_nothing(tmp_path):
     assert os.listdir(tmp_path) == ["model_final.pth"]
 
 
-def test_leftovers_of_killed_writers_are_removed(tmp_path):
+def test_leftovers_of_killed_writers_are_removed(tmp_path, model_and_state):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True).stdout.strip()
     (tmp_path / f".model_0000009.pth.tmp-{dead}").write_bytes(b"half")
     (tmp_path / f".model_0000019.pth.tmp-{os.getpid()}").write_bytes(b"being written")
-    assert remove_stale_temporaries(str(tmp_path)) == [f".model_0000009.pth.tmp-{dead}"]
-    assert os.listdir(tmp_path) == [f".model_0000019.pth.tmp-{os.getpid()}"]
+    assert leftovers_of_dead_writers(str(tmp_path)) == [f".model_0000009.pth.tmp-{dead}"]
+    MaskFormerCheckpointer(model_and_state[0], str(tmp_path)).save("model_0000029")  # a save removes them
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        [f".model_0000019.pth.tmp-{os.getpid()}", "last_checkpoint", "model_0000029.pth"])
 
 
 # ----------------------------------------------------------------------------- resuming

@@ -13,7 +13,7 @@ from typing import Callable, Dict, Optional, Sequence
 
 import torch
 
-from ..checkpoint import write_atomically
+from ..atomic import write_atomically
 from ..errors import CheckpointReadError, first_line
 
 __all__ = [

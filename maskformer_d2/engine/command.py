@@ -22,7 +22,7 @@ from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils.logger import setup_logger
 
-from ..checkpoint import MaskFormerCheckpointer
+from ..checkpoint import MaskFormerCheckpointer, resume_candidates
 from ..config import load_config, resolve_device
 from ..data import prepare_shapes, register_shapes
 from ..errors import first_line
@@ -112,18 +112,14 @@ def _sigterm_as_interrupt_in(main_pid: int):
 
 
 def _check_eval_only(args: argparse.Namespace, cfg: CfgNode) -> None:
-    if args.eval_only and not cfg.MODEL.WEIGHTS and not (args.resume and _checkpoints(cfg.OUTPUT_DIR)):
+    if args.eval_only and not cfg.MODEL.WEIGHTS and not (args.resume and resume_candidates(cfg.OUTPUT_DIR)):
         raise ValueError(
             "--eval-only needs weights: set MODEL.WEIGHTS (or use --resume with a checkpoint in "
             f"OUTPUT_DIR {cfg.OUTPUT_DIR})")
 
 
-def _checkpoints(output_dir: str) -> List[str]:
-    return MaskFormerCheckpointer(torch.nn.Module(), output_dir).resume_candidates()
-
-
 def _interrupted_message(cfg: Optional[CfgNode]) -> str:
-    found = _checkpoints(cfg.OUTPUT_DIR) if cfg is not None else []
+    found = resume_candidates(cfg.OUTPUT_DIR) if cfg is not None else []
     if not found:
         return "train_net: interrupted before any checkpoint was written; start again (no --resume needed)"
     return f"train_net: interrupted; the last checkpoint is {found[0]}, continue with --resume"

@@ -14,6 +14,7 @@ import numpy as np
 from detectron2.config import CfgNode
 from PIL import Image
 
+from ....atomic import leftovers_of_dead_writers
 from ..coco_formats import mask_to_annotation, panoptic_segment_id
 from .render import render_scene
 from .spec import (
@@ -128,17 +129,10 @@ _WORK_FOLDER = re.compile(r".+\.(?:tmp|old)-(\d+)-[^-]+")
 
 def _remove_leftovers(root: str) -> None:
     """Remove the working folders of generations whose process was killed (a live one's stay)."""
-    for name in os.listdir(root):
-        found = _WORK_FOLDER.fullmatch(name)
-        if found is None or not os.path.isdir(os.path.join(root, name)):
-            continue
-        try:
-            os.kill(int(found.group(1)), 0)
-        except ProcessLookupError:
+    for name in leftovers_of_dead_writers(root, _WORK_FOLDER):
+        if os.path.isdir(os.path.join(root, name)):
             logger.info(f"removing {os.path.join(root, name)}, left by an interrupted generation")
             shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-        except PermissionError:  # alive, another user's
-            pass
 
 
 def prepare_shapes(cfg_or_root: Union[CfgNode, str, None] = None, *,

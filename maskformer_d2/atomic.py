@@ -1,0 +1,63 @@
+"""Writing so that a killed process never leaves half a file under its final name, and cleaning
+up what killed writers left behind.
+
+The checkpointer and the converters write files with :func:`write_atomically`; the shapes dataset
+is generated in a working folder renamed into place. Both name their work in progress after the
+writing process (``.<name>.tmp-<pid>``, ``<folder>.tmp-<pid>-<random>``), so that
+:func:`leftovers_of_dead_writers` can tell what a killed process left from what a live one is
+still writing.
+"""
+import contextlib
+import os
+import re
+from typing import Any, BinaryIO, Callable, List, Pattern
+
+__all__ = ["TEMPORARY_FILE", "write_atomically", "leftovers_of_dead_writers"]
+
+#: the temporary files of :func:`write_atomically`; group 1 is the writer's pid
+TEMPORARY_FILE = re.compile(r"\..+\.tmp-(\d+)")
+
+
+def write_atomically(path: str, write: Callable[[BinaryIO], Any]) -> None:
+    """Write ``path`` so that it is either its old content or the complete new one, never a part.
+
+    ``write(f)`` fills a temporary file in the same folder (a hidden ``.<name>.tmp-<pid>``), which
+    is flushed, fsynced and renamed over ``path``; a failure removes it. A process killed in the
+    middle leaves only that temporary file, which no reader takes for a checkpoint.
+    """
+    folder, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _is_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def leftovers_of_dead_writers(folder: str, pattern: Pattern[str] = TEMPORARY_FILE) -> List[str]:
+    """Names in ``folder`` matching ``pattern`` (group 1: the writer's pid) whose writer is gone."""
+    if not os.path.isdir(folder):
+        return []
+    found = [(name, pattern.fullmatch(name)) for name in sorted(os.listdir(folder))]
+    return [name for name, match in found if match is not None and _is_gone(int(match.group(1)))]
