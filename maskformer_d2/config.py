@@ -4,9 +4,11 @@
 (poly LR, ResNet stem type / multi-grid) that the official YAMLs use, so official configs load
 unchanged.
 """
+import ast
+import contextlib
 import logging
 import os
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 import yaml
@@ -137,7 +139,11 @@ def load_config(config_file: str, opts: Sequence[str] = (), opts_name: str = "ov
     ``opts`` (KEY VALUE pairs). The one config reader of the command-line tools.
 
     YAML is read safely: a file with Python tags (``!!python/...``, which yacs would otherwise
-    execute) is refused, like any other bad file, with one ``ValueError`` line naming it.
+    execute) is refused, like any other bad file, with one ``ValueError`` line naming it. The one
+    exception is what the official configs use for multi-scale sizes,
+    ``!!python/object/apply:eval ["[int(x * 0.1 * 512) for x in range(5, 21)]"]``: such an
+    expression is evaluated by :func:`evaluate_list_expression`, which accepts arithmetic on
+    numbers, ``int``/``float``/``round``/``range`` and list comprehensions, and nothing else.
 
     Args:
         opts_name: how the overrides are called in messages (e.g. "--opts").
@@ -147,7 +153,8 @@ def load_config(config_file: str, opts: Sequence[str] = (), opts_name: str = "ov
     if not os.path.isfile(config_file):
         raise FileNotFoundError(f"config {config_file}: no such file")
     try:
-        cfg.merge_from_file(config_file, allow_unsafe=False)
+        with _list_expressions_allowed():
+            cfg.merge_from_file(config_file, allow_unsafe=False)
     except yaml.constructor.ConstructorError as e:
         raise ValueError(f"config {config_file}: refused: it is not plain YAML ({first_line(e)}); "
                          "a config may not construct Python objects") from None
@@ -158,3 +165,85 @@ def load_config(config_file: str, opts: Sequence[str] = (), opts_name: str = "ov
     except Exception as e:
         raise ValueError(f"{opts_name}: {first_line(e) or type(e).__name__}") from None
     return cfg
+
+
+# ----------------------------------------------------------------------------- list expressions
+_EVAL_TAG = "tag:yaml.org,2002:python/object/apply:eval"
+_MAX_RANGE = 100_000
+
+
+def _bounded_range(*args: int) -> range:
+    r = range(*args)
+    if len(r) > _MAX_RANGE:
+        raise ValueError(f"range of {len(r)} numbers (at most {_MAX_RANGE})")
+    return r
+
+
+_FUNCTIONS = {"int": int, "float": float, "round": round, "range": _bounded_range}
+_NODES = (ast.Expression, ast.ListComp, ast.comprehension, ast.List, ast.Tuple, ast.BinOp,
+          ast.UnaryOp, ast.Constant, ast.Name, ast.Load, ast.Store, ast.Call, ast.Add, ast.Sub,
+          ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.USub, ast.UAdd)
+_SEQUENCES = (ast.List, ast.ListComp, ast.Tuple)
+
+
+def _check_node(node: ast.AST, names: Sequence[str]) -> None:
+    if not isinstance(node, _NODES):
+        raise ValueError(f"{type(node).__name__} is not allowed")
+    if isinstance(node, ast.Constant) and type(node.value) not in (int, float):
+        raise ValueError(f"constant {node.value!r} is not a number")
+    if isinstance(node, ast.Name) and node.id not in names:
+        raise ValueError(f"name {node.id!r} is not allowed")
+    if isinstance(node, ast.Call) and (
+        not isinstance(node.func, ast.Name) or node.func.id not in _FUNCTIONS or node.keywords
+    ):
+        raise ValueError("only int(), float(), round() and range() may be called")
+    if isinstance(node, ast.BinOp) and (isinstance(node.left, _SEQUENCES)
+                                        or isinstance(node.right, _SEQUENCES)):
+        raise ValueError("arithmetic on lists is not allowed")
+    if isinstance(node, ast.comprehension) and (not isinstance(node.target, ast.Name) or node.ifs
+                                                or node.is_async):
+        raise ValueError("only 'for NAME in ...' comprehensions are allowed")
+
+
+def evaluate_list_expression(text: str):
+    """The value of a config expression such as ``[int(x * 0.1 * 512) for x in range(5, 21)]``.
+
+    Only numbers, + - * / // %, ``int``/``float``/``round``/``range`` (at most 100000 numbers),
+    lists, tuples and plain list comprehensions are accepted; anything else (attributes, other
+    names or calls, strings, powers) raises ``ValueError``, so evaluating cannot run code.
+    """
+    try:
+        tree = ast.parse(text, mode="eval")
+    except SyntaxError as e:
+        raise ValueError(f"not an expression ({e.msg})") from None
+    names = set(_FUNCTIONS) | {
+        n.target.id for n in ast.walk(tree)
+        if isinstance(n, ast.comprehension) and isinstance(n.target, ast.Name)
+    }
+    for node in ast.walk(tree):
+        _check_node(node, sorted(names))
+    return eval(compile(tree, "<config expression>", "eval"), {"__builtins__": {}, **_FUNCTIONS})
+
+
+def _construct_list_expression(loader: yaml.SafeLoader, node: yaml.Node):
+    args = loader.construct_sequence(node)
+    if len(args) != 1 or not isinstance(args[0], str):
+        raise yaml.constructor.ConstructorError(
+            None, None, "python/object/apply:eval takes one string", node.start_mark)
+    try:
+        return evaluate_list_expression(args[0])
+    except ValueError as e:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"python/object/apply:eval {args[0]!r} refused: {e}", node.start_mark
+        ) from None
+
+
+@contextlib.contextmanager
+def _list_expressions_allowed() -> Iterator[None]:
+    """Within it, ``yaml.safe_load`` (which detectron2's config reader uses) accepts the official
+    configs' list expressions through :func:`evaluate_list_expression`."""
+    yaml.SafeLoader.add_constructor(_EVAL_TAG, _construct_list_expression)
+    try:
+        yield
+    finally:
+        del yaml.SafeLoader.yaml_constructors[_EVAL_TAG]

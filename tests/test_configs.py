@@ -138,6 +138,42 @@ def test_config_merges_without_unknown_keys(path):
     assert cfg.MODEL.META_ARCHITECTURE  # a meaningful value survived the merge
 
 
+@pytest.mark.parametrize(
+    "path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONFIGS))
+)
+def test_config_loads_through_the_safe_reader_of_the_commands(path):
+    """train_net.py and demo.py read YAML safely; the official list expressions
+    (``!!python/object/apply:eval [...]``) still load, to the value yacs' eval gives."""
+    from maskformer_d2.config import load_config as command_config
+    assert command_config(str(path)) == load_config(path)
+
+
+@pytest.mark.parametrize("expression, message", [
+    ("__import__('os').system('touch x')", "only int(), float(), round() and range()"),
+    ("(1).__class__", "Attribute is not allowed"),
+    ("[0] * 10", "arithmetic on lists"),
+    ("range(10 ** 9)", "Pow is not allowed"),
+    ("list(range(1000000000))", "only int(), float(), round() and range()"),
+    ("[x for x in range(1000000000)]", "range of 1000000000 numbers"),
+    ("'a'", "not a number"),
+])
+def test_config_expressions_that_are_not_plain_arithmetic_are_refused(tmp_path, expression, message):
+    from maskformer_d2.config import load_config as command_config
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"INPUT:\n  MIN_SIZE_TRAIN: !!python/object/apply:eval [\"{expression}\"]\n")
+    with pytest.raises(ValueError) as e:
+        command_config(str(path))
+    assert str(e.value).startswith(f"config {path}: refused") and message in str(e.value)
+    assert not (tmp_path / "x").exists()
+
+
+def test_config_expressions_evaluate_like_python():
+    from maskformer_d2.config import evaluate_list_expression
+    assert evaluate_list_expression("[int(x * 0.1 * 640) for x in range(5, 21)]") == [
+        int(x * 0.1 * 640) for x in range(5, 21)]
+    assert evaluate_list_expression("(1, 2.5, -3 // 2)") == (1, 2.5, -2)
+
+
 def test_merged_values_follow_the_base_chain():
     cfg = load_config(
         CONFIGS / "coco-panoptic/swin/maskformer_panoptic_swin_large_IN21k_384_bs64_554k.yaml"
