@@ -1,44 +1,34 @@
 #!/usr/bin/env python
-"""Times one training step of a config, split by part (data, backbone, pixel decoder, predictor,
-criterion, backward, optimizer), on the machine it runs on. Prints numbers; asserts nothing.
+"""Time of one training step (forward, losses, backward, optimiser) and peak memory of a config,
+on a fixed synthetic batch, on the machine it runs on. Prints numbers; asserts nothing.
 
-    python benchmarks/train_step.py [--config-file configs/shapes/maskformer_R18_shapes.yaml]
-                                    [--iters 20] [--threads N] [KEY VALUE ...]
+    python benchmarks/train_step.py --config-file configs/ade20k-150/maskformer_R50_bs16_160k.yaml \
+        --size 512 --batch 2 --segments 20 --iters 5 [--parts] [--threads N] [KEY VALUE ...]
+
+Random weights, ``--batch`` images of size x size with ``--segments`` rectangles each; the
+optimiser is the one each implementation's Trainer builds from the config (AdamW with gradient
+clipping for the ADE20K configs). ``--parts`` also times backbone / pixel decoder / predictor /
+criterion / backward / optimiser separately (ours only). The last line printed is one JSON
+object (median_s, peak_rss_mb, config, torch version, threads, the first step's losses).
+
+With ``--official PATH`` (a checkout of facebookresearch/MaskFormer, outside this tree) the
+official code runs the same steps from the same weights, in alternating processes; the last JSON
+line holds ``speedup_vs_official``, ``memory_ratio_vs_official`` and the largest relative
+difference of the first step's losses (exact agreement needs ``MODEL.MASK_FORMER.DROPOUT 0.0``
+and the dense loss).
 """
 import argparse
-import os
 import statistics
 import time
 from collections import defaultdict
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import _common as C
+
+DEFAULT_CONFIG = "configs/ade20k-150/maskformer_R50_bs16_160k.yaml"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config-file", default=os.path.join(REPO, "configs/shapes/maskformer_R18_shapes.yaml"))
-    ap.add_argument("--iters", type=int, default=20)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("opts", nargs=argparse.REMAINDER)
-    args = ap.parse_args()
-
-    import torch
-    from detectron2.engine import default_argument_parser
-
-    from maskformer_d2.engine import Trainer, build_cfg
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    targs = default_argument_parser().parse_args(["--config-file", args.config_file, *args.opts])
-    cfg = build_cfg(targs)
-    model = Trainer.build_model(cfg)
-    model.train()
-    optimizer = Trainer.build_optimizer(cfg, model)
-    loader = iter(Trainer.build_train_loader(cfg))
-
-    times = defaultdict(list)
-
+def time_parts(model, times) -> None:
+    """Forward hooks that record the time of the model's main parts into ``times``."""
     def timed(module, name):
         def pre(m, inp):
             m._t0 = time.perf_counter()
@@ -66,28 +56,72 @@ def main() -> None:
     if hasattr(model.criterion, "matcher"):
         timed(model.criterion.matcher, "matcher (part of criterion)")
 
+
+def worker(args: argparse.Namespace) -> None:
+    import torch
+    C.set_threads(args)
+    cfg = C.build_cfg(args, training=True)
+    model = C.build_model(args, cfg, training=True)
+    optimizer = C.build_optimizer(args, cfg, model)
+    batch = C.synthetic_batch(args.batch, args.size, args.segments, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
+    parts = defaultdict(list)
+    if args.parts and args.impl == C.OURS:
+        time_parts(model, parts)
+    times, first_losses = [], None
     for it in range(args.warmup + args.iters):
         if it == args.warmup:
-            times.clear()
+            parts.clear()
         t0 = time.perf_counter()
-        data = next(loader)
-        t1 = time.perf_counter()
-        losses = model(data)
+        losses = model(batch)
         loss = sum(losses.values())
-        t2 = time.perf_counter()
+        t1 = time.perf_counter()
         optimizer.zero_grad()
         loss.backward()
-        t3 = time.perf_counter()
+        t2 = time.perf_counter()
         optimizer.step()
-        t4 = time.perf_counter()
-        times["data wait"].append(t1 - t0)
-        times["forward total"].append(t2 - t1)
-        times["backward"].append(t3 - t2)
-        times["optimizer step"].append(t4 - t3)
-        times["STEP"].append(t4 - t0)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {args.iters} iterations")
-    for name, v in times.items():
-        print(f"{name:32s} {1000 * statistics.median(v):8.1f} ms (median)  {1000 * statistics.mean(v):8.1f} ms (mean)")
+        t3 = time.perf_counter()
+        if first_losses is None:
+            first_losses = {k: float(v) for k, v in losses.items()}
+        if it >= args.warmup:
+            times.append(t3 - t0)
+            parts["forward total"].append(t1 - t0)
+            parts["backward"].append(t2 - t1)
+            parts["optimizer step"].append(t3 - t2)
+    for name, v in parts.items():
+        print(f"{name:32s} {1000 * statistics.median(v):8.1f} ms (median)")
+    if args.save_outputs:
+        torch.save({k: torch.tensor(v) for k, v in first_losses.items()}, args.save_outputs)
+    C.print_result(C.result_line(args, times, batch=args.batch, segments=args.segments,
+                                 loss=round(sum(first_losses.values()), 5)))
+
+
+def compare_losses(ours_path: str, official_path: str) -> dict:
+    ours, official = C.load_outputs(ours_path), C.load_outputs(official_path)
+    if set(ours) != set(official):
+        return {"losses_equal_names": False}
+    rel = max(float((ours[k] - official[k]).abs() / official[k].abs().clamp(min=1e-12)) for k in ours)
+    return {"losses_equal_names": True, "first_step_losses_max_rel_diff": rel}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    C.add_common_arguments(ap, DEFAULT_CONFIG)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--segments", type=int, default=20, help="ground-truth segments per image")
+    ap.add_argument("--parts", action="store_true", help="time the model's parts (ours only)")
+    ap.set_defaults(iters=5)
+    C.pass_through("--batch", "--segments")
+    args = ap.parse_args()
+    if args.official and not args.save_outputs:
+        def save_weights(path: str) -> None:
+            import torch
+            import detectron2.modeling
+            torch.manual_seed(0)
+            model = detectron2.modeling.build_model(C.build_cfg(args, training=True))
+            torch.save({"model": model.state_dict()}, path)
+        C.compare_with_official(args, __file__, save_weights, compare_losses)
+    else:
+        worker(args)
 
 
 if __name__ == "__main__":

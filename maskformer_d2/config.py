@@ -54,6 +54,11 @@ def add_maskformer_config(cfg: CN) -> None:
     mf.NO_OBJECT_WEIGHT = 0.1
     mf.DICE_WEIGHT = 1.0
     mf.MASK_WEIGHT = 20.0
+    # point-sampled mask loss and matching (Mask2Former's keys; 0 points = the dense MaskFormer
+    # loss of the official MaskFormer configs; see modeling/point_sampling.py)
+    mf.TRAIN_NUM_POINTS = 0
+    mf.OVERSAMPLE_RATIO = 3.0
+    mf.IMPORTANCE_SAMPLE_RATIO = 0.75
     # transformer
     mf.NHEADS = 8
     mf.DROPOUT = 0.1

@@ -5,7 +5,8 @@ All tasks start from the same prediction of the final decoder layer, held by
 
 * ``mask_cls``: (Q, K+1) class logits per query, the last class being "no object";
 * ``mask_pred``: (Q, H, W) mask logits per query, at the resolution the output should have
-  (resized once from the padded prediction and shared by every task that needs it).
+  (upsampled from the stride-4 prediction at most once, and only for the queries a task keeps:
+  see :class:`QueryMasks`).
 
 and share :func:`class_probabilities`; they differ only in how queries are combined. The table
 of tasks that calls these functions is :mod:`maskformer_d2.tasks`.
@@ -24,8 +25,10 @@ from detectron2.structures import BitMasks, Boxes, Instances
 __all__ = [
     "InferenceOptions",
     "ImagePrediction",
+    "QueryMasks",
     "class_probabilities",
     "semantic_inference",
+    "upsampled_semantic_inference",
     "panoptic_inference",
     "instance_inference",
     "semantic_output",
@@ -54,20 +57,27 @@ class InferenceOptions:
 
 
 class ImagePrediction:
-    """The final-layer prediction of one image, with the mask logits resized at most once.
+    """The final-layer prediction of one image; full-size mask logits are computed on demand, at
+    most once, and only for the queries a task asks for.
+
+    Upsampling is independent per query, so the masks of a few queries computed alone equal the
+    same rows of all queries' masks: panoptic and instance output upsample only the queries they
+    keep, and a resize to the size the prediction already has is skipped (it is the identity).
 
     Args:
         mask_cls: (Q, K+1) class logits.
-        padded_mask_pred: (Q, Hpad, Wpad) mask logits at the padded input size.
+        low_res_mask_pred: (Q, h, w) mask logits at the prediction's resolution (stride 4).
+        padded_size: the (Hpad, Wpad) of the padded input the prediction covers.
         image_size: the (h, w) of the image inside the padding.
         height, width: the output size (the original image's).
     """
 
-    def __init__(self, mask_cls: Tensor, padded_mask_pred: Tensor, image_size: Tuple[int, int],
-                 height: int, width: int):
+    def __init__(self, mask_cls: Tensor, low_res_mask_pred: Tensor, padded_size: Tuple[int, int],
+                 image_size: Tuple[int, int], height: int, width: int):
         self.mask_cls = mask_cls
-        self.padded_mask_pred = padded_mask_pred
-        self.image_size = image_size
+        self.low_res_mask_pred = low_res_mask_pred
+        self.padded_size = tuple(padded_size)
+        self.image_size = tuple(image_size)
         self.height = height
         self.width = width
 
@@ -76,14 +86,70 @@ class ImagePrediction:
         """K, the number of classes without "no object"."""
         return self.mask_cls.shape[-1] - 1
 
+    def upsample(self, x: Tensor) -> Tensor:
+        """(C, h, w) -> (C, Hpad, Wpad), bilinear (align_corners False), as the official code."""
+        return F.interpolate(x[None], size=self.padded_size, mode="bilinear", align_corners=False)[0]
+
+    @functools.cached_property
+    def padded_mask_pred(self) -> Tensor:
+        """(Q, Hpad, Wpad) mask logits of every query at the padded input size."""
+        return self.upsample(self.low_res_mask_pred)
+
     @functools.cached_property
     def mask_pred(self) -> Tensor:
-        """(Q, height, width) mask logits: the padding cropped, then resized to the output size."""
+        """(Q, height, width) mask logits of every query: the padding cropped, then resized."""
         return self.resize(self.padded_mask_pred)
 
+    def masks_of(self, queries: Tensor) -> Tensor:
+        """(N, height, width) mask logits of the queries ``queries`` (N indices, repeats allowed),
+        equal to ``mask_pred[queries]`` without computing the other queries' masks."""
+        if "mask_pred" in self.__dict__:
+            return self.mask_pred[queries]
+        unique, inverse = torch.unique(queries, return_inverse=True)
+        if unique.numel() == 0:
+            return self.low_res_mask_pred.new_zeros((0, self.height, self.width))
+        if "padded_mask_pred" in self.__dict__:
+            masks = self.resize(self.padded_mask_pred[unique])
+        else:
+            masks = self.resize(self.upsample(self.low_res_mask_pred[unique]))
+        return masks[inverse]
+
+    @property
+    def lazy_mask_pred(self) -> "QueryMasks":
+        """``mask_pred`` as an indexable stand-in that computes only the indexed queries."""
+        return QueryMasks(self)
+
     def resize(self, x: Tensor) -> Tensor:
-        """(C, Hpad, Wpad) -> (C, height, width), like detectron2's ``sem_seg_postprocess``."""
+        """(C, Hpad, Wpad) -> (C, height, width), like detectron2's ``sem_seg_postprocess`` (crop
+        the padding, resize bilinearly); when the crop already has the output size the resize
+        is skipped, since it would return its input unchanged."""
+        if self.image_size == (self.height, self.width):
+            return x[:, : self.height, : self.width]
         return sem_seg_postprocess(x, self.image_size, self.height, self.width)
+
+
+class QueryMasks:
+    """Indexing ``QueryMasks(p)[index]`` gives ``p.mask_pred[index]`` (index: bool mask or int64
+    indices over the Q queries) computing only those queries' full-size masks; ``shape`` and
+    ``device`` are those of ``p.mask_pred``. Panoptic and instance inference take it in place of
+    the (Q, H, W) tensor."""
+
+    def __init__(self, prediction: ImagePrediction):
+        self.prediction = prediction
+
+    @property
+    def shape(self) -> torch.Size:
+        p = self.prediction
+        return torch.Size((p.low_res_mask_pred.shape[0], p.height, p.width))
+
+    @property
+    def device(self) -> torch.device:
+        return self.prediction.low_res_mask_pred.device
+
+    def __getitem__(self, index: Tensor) -> Tensor:
+        if index.dtype == torch.bool:
+            index = index.nonzero()[:, 0]
+        return self.prediction.masks_of(index)
 
 
 def class_probabilities(mask_cls: Tensor, num_classes: Optional[int] = None) -> Tensor:
@@ -118,6 +184,47 @@ def semantic_inference(mask_cls: Tensor, mask_pred: Tensor) -> Tensor:
     return torch.einsum("qc,qhw->chw", class_probabilities(mask_cls), mask_pred.sigmoid())
 
 
+def upsampled_semantic_inference(mask_cls: Tensor, low_res_mask_pred: Tensor,
+                                 size: Tuple[int, int], rows_per_chunk: int = 8) -> Tensor:
+    """``semantic_inference(mask_cls, upsample(low_res_mask_pred, size))`` without holding the
+    (Q, H, W) upsampled masks: a band of rows at a time is upsampled, passed through the
+    sigmoid and summed over queries while it is still in the cache.
+
+    A band of output rows is computed from the input rows it needs plus one row on each side,
+    so with an integer power-of-two ratio (stride 4 predictions at the padded size) every
+    upsampled value equals the whole-image one bit for bit; for any other ratio the whole
+    image is upsampled at once.
+
+    Args:
+        mask_cls: (Q, K+1) class logits.
+        low_res_mask_pred: (Q, h, w) mask logits.
+        size: (H, W) output size (bilinear, align_corners False).
+        rows_per_chunk: input rows per band.
+
+    Returns:
+        (K, H, W) scores.
+    """
+    (q, h, _), (height, width) = low_res_mask_pred.shape, size
+    ratio = height // h
+    exact_bands = height == ratio * h and ratio > 0 and ratio & (ratio - 1) == 0 and h > rows_per_chunk
+    if not exact_bands:
+        upsampled = F.interpolate(low_res_mask_pred[None], size=size, mode="bilinear",
+                                  align_corners=False)[0]
+        return semantic_inference(mask_cls, upsampled)
+    probs_t = class_probabilities(mask_cls).t().contiguous()  # (K, Q)
+    scores = low_res_mask_pred.new_empty((probs_t.shape[0], height, width))
+    for start in range(0, h, rows_per_chunk):
+        stop = min(start + rows_per_chunk, h)
+        lo, hi = max(start - 1, 0), min(stop + 1, h)
+        band = F.interpolate(low_res_mask_pred[None, :, lo:hi], size=(ratio * (hi - lo), width),
+                             mode="bilinear", align_corners=False)[0]
+        band = band[:, ratio * (start - lo): ratio * (stop - lo)].sigmoid_()  # (Q, r*rows, W)
+        rows = scores[:, ratio * start: ratio * stop].view(probs_t.shape[0], -1)  # a view
+        torch.mm(probs_t, band.reshape(q, -1), out=rows)
+    return scores
+
+
+
 def panoptic_inference(
     mask_cls: Tensor,
     mask_pred: Tensor,
@@ -138,7 +245,8 @@ def panoptic_inference(
 
     Args:
         mask_cls: (Q, K+1) class logits.
-        mask_pred: (Q, H, W) mask logits.
+        mask_pred: (Q, H, W) mask logits, or a :class:`QueryMasks` that computes only the
+            kept queries' masks.
         num_classes: K.
         thing_ids: contiguous ids (in [0, K)) of the thing classes.
         object_mask_threshold: minimum class probability of a kept query.
@@ -196,7 +304,7 @@ def instance_inference(
 
     Args:
         mask_cls: (Q, K+1) class logits.
-        mask_pred: (Q, H, W) mask logits.
+        mask_pred: (Q, H, W) mask logits, or a :class:`QueryMasks`.
         num_classes: K.
         topk: maximum number of instances (e.g. TEST.DETECTIONS_PER_IMAGE); capped at Q*K.
         thing_ids: if given, pairs whose class is not in it are dropped (after the top-k), as in
@@ -239,16 +347,18 @@ def semantic_output(p: ImagePrediction, options: InferenceOptions) -> Tensor:
     """(K, height, width) semantic scores (the model's "sem_seg")."""
     if options.sem_seg_postprocess_before_inference:
         return semantic_inference(p.mask_cls, p.mask_pred)
-    return p.resize(semantic_inference(p.mask_cls, p.padded_mask_pred))
+    if "padded_mask_pred" in p.__dict__:  # another task already upsampled every query
+        return p.resize(semantic_inference(p.mask_cls, p.padded_mask_pred))
+    return p.resize(upsampled_semantic_inference(p.mask_cls, p.low_res_mask_pred, p.padded_size))
 
 
 def panoptic_output(p: ImagePrediction, options: InferenceOptions) -> Tuple[Tensor, List[Dict]]:
     """((height, width) int32 segment ids, segments_info) (the model's "panoptic_seg")."""
-    return panoptic_inference(p.mask_cls, p.mask_pred, p.num_classes, options.thing_ids,
+    return panoptic_inference(p.mask_cls, p.lazy_mask_pred, p.num_classes, options.thing_ids,
                               options.object_mask_threshold, options.overlap_threshold)
 
 
 def instance_output(p: ImagePrediction, options: InferenceOptions) -> Instances:
     """Instances at height x width (the model's "instances")."""
-    return instance_inference(p.mask_cls, p.mask_pred, p.num_classes,
+    return instance_inference(p.mask_cls, p.lazy_mask_pred, p.num_classes,
                               options.detections_per_image, options.thing_ids)

@@ -53,6 +53,7 @@ def test_head_outputs_match(case):
     """Final and auxiliary pred_logits / pred_masks equal the official ones (≤ 1e-4)."""
     name, cfg, model, inputs, expected, _ = case
     model.eval()
+    model.sem_seg_head.predictor.aux_outputs_in_eval = True  # the official head returns them
     with torch.no_grad():
         images = model.preprocess_image([_image_input(inputs)])
         outputs = model.sem_seg_head(model.backbone(images.tensor))

@@ -6,7 +6,8 @@ matching) the criterion returns
 * ``loss_ce``: cross-entropy over the K+1 classes of every query (unmatched queries -> "no object",
   whose weight is ``eos_coef``),
 * ``loss_mask``: sigmoid focal loss and ``loss_dice``: dice loss of the matched masks, both divided
-  by the number of target masks in the batch,
+  by the number of target masks in the batch, at every pixel of the padded image or, with
+  ``TRAIN_NUM_POINTS > 0``, at importance-sampled points (Mask2Former's recipe),
 
 with suffix ``_i`` for earlier layer ``i``. The losses are returned unweighted; ``weight_dict``
 holds the weights (see :meth:`SetCriterion.weighted`).
@@ -21,8 +22,18 @@ from torch import Tensor, nn
 from detectron2.config import configurable
 from detectron2.utils.comm import get_world_size
 
-from .losses import dice_loss, no_autocast, pad_masks_to_common_size, sigmoid_focal_loss
+from .losses import (
+    dice_loss,
+    no_autocast,
+    pad_masks_to_common_size,
+    sigmoid_ce_loss,
+    sigmoid_focal_loss,
+    upsampled_mask_losses,
+)
 from .matcher import HungarianMatcher
+from .point_sampling import PointSampling, loss_points, sample_masks
+
+_POINT_MASK_LOSSES = {"focal": sigmoid_focal_loss, "bce": sigmoid_ce_loss}
 
 __all__ = ["SetCriterion", "build_weight_dict"]
 
@@ -67,6 +78,8 @@ class SetCriterion(nn.Module):
         weight_dict: Dict[str, float],
         eos_coef: float,
         losses: Sequence[str] = ("labels", "masks"),
+        point_sampling: PointSampling = PointSampling(),
+        mask_loss: str = "focal",
     ):
         """
         Args:
@@ -77,6 +90,11 @@ class SetCriterion(nn.Module):
                 (the losses returned by ``forward`` are unweighted).
             eos_coef: cross-entropy weight of the "no object" class.
             losses: which of "labels" (loss_ce) and "masks" (loss_mask, loss_dice) to compute.
+            point_sampling: with ``num_points > 0`` the mask losses are computed at that many
+                importance-sampled points per matched mask (Mask2Former) instead of at every
+                pixel of the padded image (MaskFormer, the default).
+            mask_loss: "focal" (sigmoid focal loss, MaskFormer) or "bce" (sigmoid
+                cross-entropy, Mask2Former); dice is always added.
         """
         super().__init__()
         unknown = set(losses) - set(self._LOSSES)
@@ -88,6 +106,14 @@ class SetCriterion(nn.Module):
         self.weight_dict = dict(weight_dict)
         self.eos_coef = eos_coef
         self.losses = tuple(losses)
+        if mask_loss not in _POINT_MASK_LOSSES:
+            raise ValueError(f"SetCriterion: mask_loss {mask_loss!r}; choose from "
+                             f"{sorted(_POINT_MASK_LOSSES)}")
+        if mask_loss != "focal" and not point_sampling.enabled:
+            raise ValueError("SetCriterion: the dense (whole-mask) loss is the focal loss; "
+                             f"mask_loss {mask_loss!r} needs TRAIN_NUM_POINTS > 0")
+        self.point_sampling = point_sampling
+        self.mask_loss = mask_loss
         empty_weight = torch.ones(num_classes + 1)
         empty_weight[-1] = eos_coef
         self.register_buffer("empty_weight", empty_weight)
@@ -104,6 +130,7 @@ class SetCriterion(nn.Module):
             "weight_dict": build_weight_dict(1.0, mf.MASK_WEIGHT, mf.DICE_WEIGHT, num_aux),
             "eos_coef": mf.NO_OBJECT_WEIGHT,
             "losses": ("labels", "masks"),
+            "point_sampling": PointSampling.from_config(cfg),
         }
 
     def loss_labels(self, outputs: Mapping[str, Tensor], targets: Sequence[Dict[str, Tensor]],
@@ -120,21 +147,25 @@ class SetCriterion(nn.Module):
 
     def loss_masks(self, outputs: Mapping[str, Tensor], targets: Sequence[Dict[str, Tensor]],
                    indices: Indices, num_masks: float) -> Dict[str, Tensor]:
-        """Focal and dice losses of matched masks at the (padded) target resolution."""
+        """Mask (focal or BCE) and dice losses of the matched masks: at every pixel of the padded
+        image (predictions upsampled, targets exact) or at sampled points."""
         pred_masks = outputs["pred_masks"]  # (B, Q, h, w)
         src = pred_masks[_query_index(indices)].float()  # (N, h, w)
-        padded = pad_masks_to_common_size([t["masks"] for t in targets])
-        tgt = torch.cat([m[j] for m, (_, j) in zip(padded, indices)]).to(src)  # (N, H, W)
         if src.shape[0] == 0:  # no target in the batch: zero losses still attached to the graph
             zero = pred_masks.sum() * 0.0
             return {"loss_mask": zero, "loss_dice": zero.clone()}
-        # upsample the predictions (not downsample the targets) to keep the targets exact
-        src = F.interpolate(src[:, None], size=tgt.shape[-2:], mode="bilinear",
-                            align_corners=False)[:, 0]
-        src, tgt = src.flatten(1), tgt.flatten(1)
+        padded = pad_masks_to_common_size([t["masks"] for t in targets])
+        tgt = torch.cat([m[j] for m, (_, j) in zip(padded, indices)])  # (N, H, W)
+        if not self.point_sampling.enabled:
+            focal, dice = upsampled_mask_losses(src, tgt.to(src.device), num_masks)
+            return {"loss_mask": focal, "loss_dice": dice}
+        points = loss_points(src, self.point_sampling)  # (N, P, 2)
+        with torch.no_grad():
+            point_labels = sample_masks(tgt[:, None].to(src), points)[:, 0]
+        point_logits = sample_masks(src[:, None], points)[:, 0]
         return {
-            "loss_mask": sigmoid_focal_loss(src, tgt, num_masks),
-            "loss_dice": dice_loss(src, tgt, num_masks),
+            "loss_mask": _POINT_MASK_LOSSES[self.mask_loss](point_logits, point_labels, num_masks),
+            "loss_dice": dice_loss(point_logits, point_labels, num_masks),
         }
 
     def _layer_losses(self, outputs: Mapping[str, Tensor], targets: Sequence[Dict[str, Tensor]],
@@ -161,6 +192,11 @@ class SetCriterion(nn.Module):
                              "(gt_classes, gt_masks) from the dataset mapper")
         device = outputs["pred_logits"].device
         num_masks = _num_masks_per_process(targets, device)
+        # padded once for all decoder layers (copies of the dicts: the matcher caches in them)
+        padded = pad_masks_to_common_size([t["masks"] for t in targets])
+        if self.point_sampling.enabled:  # sampled bilinearly: float once, not once per layer
+            padded = [m.float() for m in padded]
+        targets = [dict(t, masks=m) for t, m in zip(targets, padded)]
         with no_autocast(device):
             final = {k: v for k, v in outputs.items() if k != "aux_outputs"}
             losses = self._layer_losses(final, targets, num_masks)

@@ -106,6 +106,9 @@ class TransformerPredictor(nn.Module):
         super().__init__()
         self.mask_classification = mask_classification
         self.deep_supervision = deep_supervision
+        # eval mode: also predict from the earlier layers (as the official head does); a
+        # meta-architecture that reads only the final prediction turns this off
+        self.aux_outputs_in_eval = True
         self.num_queries = num_queries
         self.pe_layer = PositionEmbeddingSine(hidden_dim // 2, normalize=True)
         self.transformer = Transformer(
@@ -159,17 +162,19 @@ class TransformerPredictor(nn.Module):
               "pred_logits": (B, Q, K+1) class logits (only with mask classification);
               "pred_masks": (B, Q, H/4, W/4) mask logits;
               "aux_outputs": with deep supervision, one dict with the same keys per earlier
-                decoder layer, in layer order.
+                decoder layer, in layer order (in eval mode only if ``aux_outputs_in_eval``).
         """
         # The official model attends without a padding mask (padded pixels included).
         pos = self.pe_layer(x)
         hs, _ = self.transformer(self.input_proj(x), None, self.query_embed.weight, pos)
         # hs: (L, B, Q, C), L = decoder layers with deep supervision, else 1
+        if not (self.training or self.aux_outputs_in_eval):
+            hs = hs[-1:]
         masks = torch.einsum("lbqc,bchw->lbqhw", self.mask_embed(hs), mask_features)
         logits = self.class_embed(hs) if self.mask_classification else None
         per_layer = [self._layer_output(logits, masks, i) for i in range(hs.shape[0])]
         out = per_layer[-1]
-        if self.deep_supervision:
+        if self.deep_supervision and len(per_layer) > 1:
             out["aux_outputs"] = per_layer[:-1]
         return out
 

@@ -1,0 +1,230 @@
+"""What the benchmark scripts share: building a model from a config (ours, or the official
+implementation's from its source tree), a synthetic input, peak memory, one JSON result line, and
+running ours and the official code interleaved in separate processes (both register the same
+detectron2 names, so they cannot share one process).
+
+Nothing here asserts a time; the scripts print numbers.
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+from typing import Callable, Dict, List, Optional, Sequence
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+OURS, OFFICIAL = "maskformer_d2", "official"
+
+
+def add_common_arguments(ap: argparse.ArgumentParser, default_config: str) -> None:
+    ap.add_argument("--config-file", default=os.path.join(REPO, default_config))
+    ap.add_argument("--size", type=int, default=512, help="image height and width")
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--official", metavar="PATH",
+                    help="source tree of facebookresearch/MaskFormer: time it too, on the same "
+                         "weights and inputs, interleaved with ours, and print the ratio")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="with --official: processes per implementation, alternating")
+    ap.add_argument("--impl", choices=[OURS, OFFICIAL], default=OURS, help=argparse.SUPPRESS)
+    ap.add_argument("--weights", help=argparse.SUPPRESS)
+    ap.add_argument("--save-outputs", help=argparse.SUPPRESS)
+    ap.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
+
+
+def official_config_file(config_file: str, official: str) -> str:
+    """The official tree's config at the same path relative to ``configs/`` (ours mirrors it)."""
+    rel = os.path.relpath(os.path.abspath(config_file), os.path.join(REPO, "configs"))
+    candidate = os.path.join(official, "configs", rel)
+    return candidate if os.path.isfile(candidate) else config_file
+
+
+def build_cfg(args: argparse.Namespace, training: bool):
+    """The config of ``args.impl`` with MODEL.WEIGHTS = ``args.weights`` (or none) on CPU."""
+    opts = list(args.opts) + ["MODEL.WEIGHTS", args.weights or "", "MODEL.DEVICE", "cpu"]
+    if args.impl == OURS:
+        from maskformer_d2.config import load_config
+        return load_config(args.config_file, opts)
+    from detectron2.config import get_cfg
+    from detectron2.projects.deeplab import add_deeplab_config
+    from mask_former import add_mask_former_config  # PYTHONPATH holds the official tree
+    cfg = get_cfg()
+    add_deeplab_config(cfg)
+    add_mask_former_config(cfg)
+    cfg.merge_from_file(official_config_file(args.config_file, args.official))
+    cfg.merge_from_list(_known_keys_only(cfg, opts))
+    return cfg
+
+
+def _known_keys_only(cfg, opts: Sequence[str]) -> List[str]:
+    """The KEY VALUE pairs of ``opts`` whose key the official config has (ours adds some, e.g.
+    TRAIN_NUM_POINTS or TEST.INSTANCE_ON); the others are named on stderr and left out, so
+    ours with an extra option is compared with the official default."""
+    kept = []
+    for key, value in zip(opts[0::2], opts[1::2]):
+        node = cfg
+        for part in key.split("."):
+            node = node.get(part) if hasattr(node, "get") else None
+        if node is None and key != "MODEL.WEIGHTS":
+            print(f"official: leaving out {key} (not an official config key)", file=sys.stderr)
+            continue
+        kept += [key, value]
+    return kept
+
+
+def build_model(args: argparse.Namespace, cfg, training: bool):
+    """The model of ``args.impl`` in train or eval mode, with ``args.weights`` loaded if given."""
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model as d2_build_model
+    model = d2_build_model(cfg)
+    if args.weights:
+        DetectionCheckpointer(model).load(args.weights)
+    return model.train(training)
+
+
+def build_optimizer(args: argparse.Namespace, cfg, model):
+    """The optimiser each implementation's own ``Trainer`` builds for ``cfg``."""
+    if args.impl == OURS:
+        from maskformer_d2.engine import Trainer
+    else:  # the official tree's train_net.py, loaded from its file
+        import importlib.util
+        spec = importlib.util.spec_from_file_location(
+            "official_train_net", os.path.join(args.official, "train_net.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        Trainer = module.Trainer
+    return Trainer.build_optimizer(cfg, model)
+
+
+def synthetic_image(size: int, seed: int = 0):
+    """A (3, size, size) float image with smooth structure (not pure noise), values 0..255."""
+    import torch
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(1, 3, max(2, size // 32), max(2, size // 32), generator=g) * 255
+    img = torch.nn.functional.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
+    return (img[0] + torch.rand(3, size, size, generator=g) * 20).clamp(0, 255).round()
+
+
+def synthetic_batch(batch: int, size: int, segments: int, num_classes: int, seed: int = 0) -> List[Dict]:
+    """Training inputs: images with ``segments`` random rectangles each (bool masks, classes)."""
+    import torch
+    from detectron2.structures import Instances
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for b in range(batch):
+        masks = torch.zeros(segments, size, size, dtype=torch.bool)
+        for s in range(segments):
+            y0, x0 = torch.randint(0, size - 8, (2,), generator=g).tolist()
+            h, w = torch.randint(8, size // 2, (2,), generator=g).tolist()
+            masks[s, y0:y0 + h, x0:x0 + w] = True
+        inst = Instances((size, size))
+        inst.gt_classes = torch.randint(0, num_classes, (segments,), generator=g)
+        inst.gt_masks = masks
+        out.append({"image": synthetic_image(size, seed + b), "height": size, "width": size,
+                    "instances": inst})
+    return out
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 1024 / 1024 if sys.platform == "darwin" else rss / 1024
+
+
+def result_line(args: argparse.Namespace, times: Sequence[float], **extra) -> Dict:
+    import torch
+    return {
+        "impl": args.impl, "config": os.path.relpath(os.path.abspath(args.config_file), REPO),
+        "size": args.size, "iters": len(times), "median_s": round(statistics.median(times), 4),
+        "min_s": round(min(times), 4), "times_s": [round(t, 4) for t in times], "peak_rss_mb": round(peak_rss_mb(), 1),
+        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(), "opts": list(args.opts), **extra,
+    }
+
+
+def print_result(result: Dict) -> None:
+    print(json.dumps(result), flush=True)
+
+
+def set_threads(args: argparse.Namespace) -> None:
+    import torch
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+
+def compare_with_official(
+    args: argparse.Namespace, script: str, save_weights: Callable[[str], None],
+    compare_outputs: Callable[[str, str], Dict],
+) -> None:
+    """Run ``script`` as ours and as the official code, alternating ``args.rounds`` times each in
+    fresh processes on the same weights, then print per-process results, the output comparison
+    and one JSON line with the ratio official / ours of the median times and of peak memory."""
+    with tempfile.TemporaryDirectory(prefix="mf_bench_") as tmp:
+        weights = os.path.join(tmp, "weights.pth")
+        save_weights(weights)
+        runs: Dict[str, List[Dict]] = {OURS: [], OFFICIAL: []}
+        outputs = {}
+        for r in range(args.rounds):
+            for impl in (OFFICIAL, OURS) if r % 2 else (OURS, OFFICIAL):
+                out_file = os.path.join(tmp, f"{impl}.pt")
+                cmd = [sys.executable, script, "--impl", impl, "--weights", weights,
+                       "--config-file", args.config_file, "--size", str(args.size),
+                       "--iters", str(args.iters), "--warmup", str(args.warmup),
+                       "--threads", str(args.threads), "--official", args.official,
+                       "--save-outputs", out_file, *_extra_flags(args), *args.opts]
+                env = dict(os.environ)
+                if impl == OFFICIAL:  # its package imports as `mask_former`
+                    env["PYTHONPATH"] = os.pathsep.join(
+                        p for p in (args.official, env.get("PYTHONPATH")) if p)
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                if proc.returncode != 0:
+                    sys.exit(f"{impl} run failed:\n{proc.stderr[-3000:]}")
+                line = json.loads(proc.stdout.strip().splitlines()[-1])
+                print(f"round {r}: {impl:13s} median {line['median_s']:.3f} s  "
+                      f"peak RSS {line['peak_rss_mb']:.0f} MiB", flush=True)
+                runs[impl].append(line)
+                outputs[impl] = out_file
+        agreement = compare_outputs(outputs[OURS], outputs[OFFICIAL])
+    ours = [t for line in runs[OURS] for t in line["times_s"]]
+    official = [t for line in runs[OFFICIAL] for t in line["times_s"]]
+    mem_ours = max(line["peak_rss_mb"] for line in runs[OURS])
+    mem_official = max(line["peak_rss_mb"] for line in runs[OFFICIAL])
+    summary = {k: v for k, v in runs[OURS][-1].items() if k != "times_s"}
+    summary.update({
+        "impl": "ratio", "median_s": statistics.median(ours), "min_s": min(ours),
+        "official_median_s": statistics.median(official), "official_min_s": min(official),
+        "speedup_vs_official": round(statistics.median(official) / statistics.median(ours), 3),
+        "speedup_of_fastest_runs": round(min(official) / min(ours), 3),
+        "peak_rss_mb": mem_ours, "official_peak_rss_mb": mem_official,
+        "memory_ratio_vs_official": round(mem_ours / mem_official, 3),
+        "rounds": args.rounds, **agreement,
+    })
+    print_result(summary)
+
+
+_EXTRA_FLAGS: List[str] = []
+
+
+def _extra_flags(args: argparse.Namespace) -> List[str]:
+    """Script-specific flags (registered with :func:`pass_through`) handed to the worker runs."""
+    flags = []
+    for name in _EXTRA_FLAGS:
+        value = getattr(args, name.lstrip("-").replace("-", "_"))
+        if value is not None:
+            flags += [name, str(value)]
+    return flags
+
+
+def pass_through(*names: str) -> None:
+    _EXTRA_FLAGS.extend(names)
+
+
+def load_outputs(path: Optional[str]):
+    import torch
+    return torch.load(path, weights_only=True) if path else None

@@ -1,0 +1,115 @@
+#!/usr/bin/env python
+"""Inference time and peak memory of a config on one synthetic image, on the machine it runs on.
+
+    python benchmarks/inference.py --config-file configs/ade20k-150/maskformer_R50_bs16_160k.yaml \
+        --size 512 --iters 10 [--backend torch] [--threads N] [--profile] [KEY VALUE ...]
+
+The model has random weights (nothing is downloaded); the image is size x size. The last line
+printed is one JSON object (median_s, peak_rss_mb, config, torch version, threads).
+
+With ``--official PATH`` (a checkout of facebookresearch/MaskFormer, outside this tree) the same
+config, weights and image run through the official code too, each implementation in its own
+processes, alternating ``--rounds`` times; the outputs are compared and the last JSON line holds
+``speedup_vs_official`` (official median / ours) and ``memory_ratio_vs_official``.
+"""
+import argparse
+import time
+
+import _common as C
+
+DEFAULT_CONFIG = "configs/ade20k-150/maskformer_R50_bs16_160k.yaml"
+
+
+def run_model(model, image, height: int, width: int):
+    import torch
+    with torch.no_grad():  # what detectron2's evaluation loop and DefaultPredictor do
+        return model([{"image": image, "height": height, "width": width}])[0]
+
+
+def save_outputs(path: str, out) -> None:
+    import torch
+    saved = {}
+    if "sem_seg" in out:
+        saved["sem_seg"] = out["sem_seg"]
+    if "panoptic_seg" in out:
+        saved["panoptic_seg"] = out["panoptic_seg"][0]
+        saved["panoptic_categories"] = torch.tensor(
+            [[s["id"], s["category_id"]] for s in out["panoptic_seg"][1]], dtype=torch.int64
+        ).reshape(-1, 2)
+    if "instances" in out:
+        inst = out["instances"]
+        saved.update(instance_masks=inst.pred_masks, instance_scores=inst.scores,
+                     instance_classes=inst.pred_classes)
+    torch.save(saved, path)
+
+
+def compare_outputs(ours_path: str, official_path: str) -> dict:
+    """How far our outputs are from the official ones on the same weights and image."""
+    ours, official = C.load_outputs(ours_path), C.load_outputs(official_path)
+    agreement = {}
+    if "sem_seg" in ours and "sem_seg" in official:
+        agreement["sem_seg_max_abs_diff"] = float((ours["sem_seg"] - official["sem_seg"]).abs().max())
+        agreement["sem_seg_argmax_equal"] = bool(
+            (ours["sem_seg"].argmax(0) == official["sem_seg"].argmax(0)).all())
+    if "panoptic_seg" in ours and "panoptic_seg" in official:
+        agreement["panoptic_equal"] = bool(
+            ours["panoptic_seg"].equal(official["panoptic_seg"])
+            and ours["panoptic_categories"].equal(official["panoptic_categories"]))
+    if "instance_scores" in ours and "instance_scores" in official:
+        same_n = ours["instance_scores"].shape == official["instance_scores"].shape
+        agreement["instances_equal"] = bool(
+            same_n and ours["instance_masks"].equal(official["instance_masks"])
+            and ours["instance_classes"].equal(official["instance_classes"]))
+        if same_n:
+            agreement["instance_scores_max_abs_diff"] = float(
+                (ours["instance_scores"] - official["instance_scores"]).abs().max())
+    return agreement
+
+
+def profile(model, image, size: int) -> None:
+    import torch
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        run_model(model, image, size, size)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
+
+
+def worker(args: argparse.Namespace) -> None:
+    import torch
+    C.set_threads(args)
+    cfg = C.build_cfg(args, training=False)
+    model = C.build_model(args, cfg, training=False)
+    image = C.synthetic_image(args.size)
+    times = []
+    for it in range(args.warmup + args.iters):
+        t0 = time.perf_counter()
+        out = run_model(model, image, args.size, args.size)
+        if it >= args.warmup:
+            times.append(time.perf_counter() - t0)
+    if args.save_outputs:
+        save_outputs(args.save_outputs, out)
+    if args.profile:
+        profile(model, image, args.size)
+    C.print_result(C.result_line(args, times, backend=args.backend, task_outputs=sorted(out),
+                                 torch_threads=torch.get_num_threads()))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    C.add_common_arguments(ap, DEFAULT_CONFIG)
+    ap.add_argument("--backend", choices=["torch"], default="torch")
+    ap.add_argument("--profile", action="store_true", help="print the torch profiler's top operators")
+    args = ap.parse_args()
+    if args.official and not args.save_outputs:
+        def save_weights(path: str) -> None:
+            import torch
+            import detectron2.modeling
+            torch.manual_seed(0)
+            model = detectron2.modeling.build_model(C.build_cfg(args, training=False))
+            torch.save({"model": model.state_dict()}, path)
+        C.compare_with_official(args, __file__, save_weights, compare_outputs)
+    else:
+        worker(args)
+
+
+if __name__ == "__main__":
+    main()
