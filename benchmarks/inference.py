@@ -2,7 +2,7 @@
 """Inference time and peak memory of a config on one synthetic image, on the machine it runs on.
 
     python benchmarks/inference.py --config-file configs/ade20k-150/maskformer_R50_bs16_160k.yaml \
-        --size 512 --iters 10 [--backend torch] [--threads N] [--profile] [KEY VALUE ...]
+        --size 512 --iters 10 [--backend torch|onnxruntime [--onnx FILE]] [--threads N] [--profile] [KEY VALUE ...]
 
 The model has random weights (nothing is downloaded); the image is size x size. The last line
 printed is one JSON object (median_s, peak_rss_mb, config, torch version, threads).
@@ -13,6 +13,7 @@ processes, alternating ``--rounds`` times; the outputs are compared and the last
 ``speedup_vs_official`` (official median / ours) and ``memory_ratio_vs_official``.
 """
 import argparse
+import os
 import time
 
 import _common as C
@@ -79,6 +80,8 @@ def worker(args: argparse.Namespace) -> None:
     cfg = C.build_cfg(args, training=False)
     model = C.build_model(args, cfg, training=False)
     image = C.synthetic_image(args.size)
+    if args.backend != "torch" and args.impl == C.OURS:  # the official code runs in torch
+        attach_exported(args, model)
     times = []
     for it in range(args.warmup + args.iters):
         t0 = time.perf_counter()
@@ -93,11 +96,28 @@ def worker(args: argparse.Namespace) -> None:
                                  torch_threads=torch.get_num_threads()))
 
 
+def attach_exported(args: argparse.Namespace, model) -> None:
+    """Run ``model``'s network with ONNX Runtime: from ``--onnx`` or exported here first."""
+    import tempfile
+
+    from maskformer_d2.deploy import attach_runtime, export_onnx
+    from maskformer_d2.deploy.export import example_input
+    path = args.onnx
+    if not path:
+        path = os.path.join(tempfile.mkdtemp(prefix="mf_onnx_"), "model.onnx")
+        export_onnx(model, path, example_input(model, args.size, args.size))
+    attach_runtime(model, path, threads=args.threads)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     C.add_common_arguments(ap, DEFAULT_CONFIG)
-    ap.add_argument("--backend", choices=["torch"], default="torch")
+    ap.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
+                    help="onnxruntime: the network runs in ONNX Runtime (--onnx FILE, or exported "
+                         "from the config and weights first); pre/post-processing as in torch")
+    ap.add_argument("--onnx", metavar="FILE", help="an export of tools/deploy/export_model.py")
     ap.add_argument("--profile", action="store_true", help="print the torch profiler's top operators")
+    C.pass_through("--backend", "--onnx")
     args = ap.parse_args()
     if args.official and not args.save_outputs:
         def save_weights(path: str) -> None:

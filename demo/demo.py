@@ -67,6 +67,9 @@ def get_parser() -> argparse.ArgumentParser:
     ap.add_argument("--task", metavar="TASK", help="what to draw: semantic, instance, panoptic or all (see below)")
     ap.add_argument("--confidence-threshold", type=float, default=0.5, metavar="T",
                     help="instances scoring below T are not drawn (default 0.5)")
+    ap.add_argument("--onnx", metavar="MODEL.onnx",
+                    help="run the network exported by tools/deploy/export_model.py with ONNX Runtime "
+                         "(MODEL.WEIGHTS is not read; pre- and post-processing are the same)")
     ap.add_argument("--verbose", action="store_true", help="show detectron2's log and the traceback of errors")
     ap.add_argument("--allow-unsafe-pickle", action="store_true",
                     help="load a checkpoint that holds arbitrary Python objects with full pickle, which can "
@@ -313,7 +316,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         cfg = setup_cfg(args)
         from maskformer_d2.visualization import VisualizationDemo
 
-        demo = VisualizationDemo(cfg, task=args.task, confidence_threshold=args.confidence_threshold)
+        demo = VisualizationDemo(cfg, task=args.task, confidence_threshold=args.confidence_threshold,
+                                 exported=args.onnx)
         if args.input:
             return run_images(args, demo, paths, targets, errors)
         return run_video(args, demo, targets[0])

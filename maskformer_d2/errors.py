@@ -13,6 +13,7 @@ __all__ = [
     "CheckpointMismatchError",
     "HFImportError",
     "UsageError",
+    "ExportError",
     "first_line",
 ]
 
@@ -39,6 +40,10 @@ class CheckpointMismatchError(ValueError):
 
 class HFImportError(ValueError):
     """The Hugging Face model uses a feature maskformer_d2 cannot express."""
+
+
+class ExportError(ValueError):
+    """A model cannot be exported, or an exported model file cannot be used with this config."""
 
 
 class UsageError(Exception):

@@ -7,7 +7,7 @@ to ``INPUT.FORMAT``; returns the model's output dict for the image. Drawing the 
 :mod:`maskformer_d2.visualization`; reading image files is :mod:`maskformer_d2.data.io`.
 """
 import logging
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 import torch
@@ -37,9 +37,12 @@ class MaskFormerPredictor:
     Args:
         cfg: a maskformer_d2 config.
         input_format: channel order of the arrays passed to ``__call__`` ("BGR" as cv2 reads).
+        exported: an exported network (``model.onnx``: ONNX Runtime; ``model.ts``: TorchScript;
+            see :mod:`maskformer_d2.deploy`) to run instead of the PyTorch one; ``MODEL.WEIGHTS``
+            is then not read. Pre- and post-processing are the same.
     """
 
-    def __init__(self, cfg: CfgNode, input_format: str = "BGR"):
+    def __init__(self, cfg: CfgNode, input_format: str = "BGR", exported: Optional[str] = None):
         self.cfg = resolve_device(cfg).clone()
         self.cfg.freeze()
         if input_format not in ("BGR", "RGB") or self.cfg.INPUT.FORMAT not in ("BGR", "RGB"):
@@ -50,7 +53,10 @@ class MaskFormerPredictor:
         self.input_format = input_format
         self.model = build_model(self.cfg)
         self.model.eval()
-        if self.cfg.MODEL.WEIGHTS:
+        if exported:
+            from .deploy import attach_runtime
+            attach_runtime(self.model, exported)
+        elif self.cfg.MODEL.WEIGHTS:
             MaskFormerCheckpointer(self.model).load(self.cfg.MODEL.WEIGHTS)
         else:
             logger.warning("MODEL.WEIGHTS is empty: the model has random weights")

@@ -88,6 +88,7 @@ class VisualizationDemo:
             of the table: panoptic, else instance, else semantic), like the official demo.
         confidence_threshold: instances scoring below it are not drawn.
         instance_mode: detectron2 ``ColorMode`` for instances.
+        exported: an exported network to run instead of PyTorch (see ``MaskFormerPredictor``).
     """
 
     def __init__(
@@ -96,6 +97,7 @@ class VisualizationDemo:
         task: Optional[str] = None,
         confidence_threshold: float = 0.5,
         instance_mode: ColorMode = ColorMode.IMAGE,
+        exported: Optional[str] = None,
     ):
         cfg = configure_task(cfg, task)
         if task is not None:
@@ -105,7 +107,7 @@ class VisualizationDemo:
             if not enabled:
                 raise ValueError("the config enables no output (MODEL.MASK_FORMER.TEST.*_ON are all False)")
             self.tasks = enabled[-1:]
-        self.predictor = MaskFormerPredictor(cfg)
+        self.predictor = MaskFormerPredictor(cfg, exported=exported)
         self.metadata = display_metadata(cfg)
         self.confidence_threshold = confidence_threshold
         self.instance_mode = instance_mode

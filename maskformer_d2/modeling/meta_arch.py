@@ -77,6 +77,9 @@ class MaskFormer(nn.Module):
         if hasattr(predictor, "aux_outputs_in_eval"):
             predictor.aux_outputs_in_eval = False  # inference reads the final prediction only
         enable_batchnorm_folding(self)  # inference only; training and state dict unchanged
+        # inference may run the network elsewhere (e.g. maskformer_d2.deploy's ONNX Runtime
+        # session): a callable with the contract of ``network``; pre- and post-processing stay
+        self.runtime = None
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:  # state-dict values and names are unchanged; .to(device) keeps it
             self.to(memory_format=torch.channels_last)
@@ -130,11 +133,18 @@ class MaskFormer(nn.Module):
             "instances" (Instances at height×width).
         """
         images = self.preprocess_image(batched_inputs)
-        outputs = self.sem_seg_head(self.backbone(images.tensor))
+        if not self.training and self.runtime is not None:
+            return self.inference(self.runtime(images.tensor), batched_inputs, images)
+        outputs = self.network(images.tensor)
         if self.training:
             targets = self.prepare_targets(batched_inputs, images)
             return self.criterion.weighted(self.criterion(outputs, targets))
         return self.inference(outputs, batched_inputs, images)
+
+    def network(self, images: torch.Tensor) -> Dict:
+        """The part that is exported: (B, 3, H, W) normalised, padded images -> the head's
+        outputs ("pred_logits" (B, Q, K+1), "pred_masks" (B, Q, H/4, W/4), ...)."""
+        return self.sem_seg_head(self.backbone(images))
 
     def prepare_targets(self, batched_inputs: List[Dict], images: ImageList) -> List[Dict]:
         """Per image {"labels": (n,), "masks": (n, Hpad, Wpad)}, masks zero-padded to the batch size."""

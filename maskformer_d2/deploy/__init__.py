@@ -1,0 +1,6 @@
+"""Deployment: export a MaskFormer network to ONNX / TorchScript and run it with ONNX Runtime."""
+from .export import ExportableNetwork, export_onnx, export_torchscript
+from .runtime import OnnxRuntimeNetwork, TorchScriptNetwork, attach_runtime, load_runtime
+
+__all__ = ["ExportableNetwork", "export_onnx", "export_torchscript", "OnnxRuntimeNetwork",
+           "TorchScriptNetwork", "attach_runtime", "load_runtime"]

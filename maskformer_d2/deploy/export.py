@@ -1,0 +1,118 @@
+"""Exporting the network of a MaskFormer model to ONNX or TorchScript.
+
+What is exported is :meth:`MaskFormer.network`: (B, 3, H, W) normalised images, zero-padded to a
+multiple of the size divisibility -> ``pred_logits`` (B, Q, K+1) class logits and ``pred_masks``
+(B, Q, H/4, W/4) mask logits of the final decoder layer. Resizing, normalising, padding and the
+semantic / panoptic / instance post-processing stay in Python (:mod:`.runtime`), so every task
+and rendering works unchanged on an exported model. Height and width are dynamic for ResNet
+backbones; a Swin backbone's export works at the size it was exported at only (its window
+masks are traced as constants), which the file records and the runtime checks.
+"""
+import json
+import os
+from typing import Dict, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ExportError, first_line
+
+__all__ = ["ExportableNetwork", "export_onnx", "export_torchscript", "METADATA_KEY",
+           "INPUT_NAME", "OUTPUT_NAMES", "ONNX_OPSET"]
+
+INPUT_NAME = "images"
+OUTPUT_NAMES = ("pred_logits", "pred_masks")
+METADATA_KEY = "maskformer_d2"
+ONNX_OPSET = 18
+
+
+class ExportableNetwork(nn.Module):
+    """``model.network`` with tensor outputs only (final decoder layer), in eval mode."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        if not hasattr(model, "network") or not hasattr(model, "size_divisibility"):
+            raise ExportError(
+                f"{type(model).__name__} cannot be exported: only MaskFormer models "
+                "(MODEL.META_ARCHITECTURE: MaskFormer) have an exportable network")
+        self.model = model.eval()
+
+    def forward(self, images: Tensor) -> Tuple[Tensor, Tensor]:
+        outputs = self.model.network(images)
+        missing = [k for k in OUTPUT_NAMES if k not in outputs]
+        if missing:
+            raise ExportError(
+                f"{type(self.model.sem_seg_head).__name__} returns no {'/'.join(missing)}: only "
+                "mask-classification heads can be exported")
+        return outputs["pred_logits"], outputs["pred_masks"]
+
+    def fixed_size(self) -> bool:
+        """Whether the exported graph only works at the example's size: Swin's shifted-window
+        masks are built from Python integers of the input size, which tracing freezes."""
+        from ..modeling.backbone.swin import D2SwinTransformer
+        return isinstance(self.model.backbone, D2SwinTransformer)
+
+    def metadata(self, example: Tensor) -> Dict[str, str]:
+        """What a runtime needs to check a file against a config (and an input against it)."""
+        m = self.model
+        return {METADATA_KEY: json.dumps({
+            "fixed_size": list(example.shape[-2:]) if self.fixed_size() else None,
+            "size_divisibility": int(m.size_divisibility),
+            "num_classes": int(m.sem_seg_head.num_classes) if hasattr(m.sem_seg_head, "num_classes") else None,
+            "pixel_mean": m.pixel_mean.flatten().tolist(),
+            "pixel_std": m.pixel_std.flatten().tolist(),
+        })}
+
+
+def example_input(model: nn.Module, height: int = 256, width: int = 320) -> Tensor:
+    """A (1, 3, H, W) input whose sides are multiples of the size divisibility."""
+    d = max(int(model.size_divisibility), 32)
+    h, w = -(-height // d) * d, -(-width // d) * d
+    return torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(0))
+
+
+def _failed(what: str, e: Exception) -> ExportError:
+    return ExportError(f"{what} export failed ({type(e).__name__}): {first_line(e)}")
+
+
+def export_onnx(model: nn.Module, path: str, example: Tensor = None) -> None:
+    """Write ``model``'s network to ``path`` as ONNX (opset 18, dynamic batch/height/width)."""
+    net = ExportableNetwork(model)
+    example = example_input(model) if example is None else example
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    try:
+        with torch.no_grad():
+            net(example)  # a head without mask classification fails here, with its own message
+            torch.onnx.export(
+                net, (example,), path, input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+                dynamic_axes={INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
+                              "pred_logits": {0: "batch"},
+                              "pred_masks": {0: "batch", 2: "mask_height", 3: "mask_width"}},
+                opset_version=ONNX_OPSET, dynamo=False,
+            )
+    except ExportError:
+        raise
+    except Exception as e:
+        raise _failed("ONNX", e) from e
+    import onnx
+    proto = onnx.load(path)
+    for key, value in net.metadata(example).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, path)
+
+
+def export_torchscript(model: nn.Module, path: str, example: Tensor = None) -> None:
+    """Write ``model``'s network to ``path`` as a traced TorchScript module."""
+    net = ExportableNetwork(model)
+    example = example_input(model) if example is None else example
+    try:
+        with torch.no_grad():
+            net(example)
+            traced = torch.jit.trace(net, (example,), check_trace=False)
+    except ExportError:
+        raise
+    except Exception as e:
+        raise _failed("TorchScript", e) from e
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    torch.jit.save(traced, path, _extra_files={METADATA_KEY: net.metadata(example)[METADATA_KEY]})

@@ -1,0 +1,113 @@
+"""Running an exported network (ONNX Runtime, or TorchScript) inside a MaskFormer model.
+
+:func:`attach_runtime` makes ``model`` (built from the same config, in eval mode) send its
+normalised, padded images to the exported file instead of its own backbone and head; the
+model's resizing, padding and semantic / panoptic / instance post-processing are unchanged, so
+the predictor, the demo and the evaluators work as they do in PyTorch.
+"""
+import json
+import os
+from typing import Dict
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..errors import ExportError, first_line
+from .export import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES
+
+__all__ = ["OnnxRuntimeNetwork", "TorchScriptNetwork", "attach_runtime", "load_runtime"]
+
+
+def _check_size(path: str, metadata: Dict, images: Tensor) -> None:
+    fixed = metadata.get("fixed_size")
+    if fixed and list(images.shape[-2:]) != list(fixed):
+        raise ExportError(
+            f"{path}: exported for {fixed[0]}x{fixed[1]} inputs only (a Swin backbone's window "
+            f"masks are fixed at export), got {images.shape[-2]}x{images.shape[-1]}; export at "
+            f"your padded input size (export_model.py --height/--width)")
+
+
+def _check_metadata(path: str, metadata: Dict, model: nn.Module) -> None:
+    """One line if ``path`` was exported for another number of classes or size divisibility."""
+    expected = {"num_classes": getattr(model.sem_seg_head, "num_classes", None),
+                "size_divisibility": int(model.size_divisibility)}
+    for key, value in expected.items():
+        if key in metadata and value is not None and metadata[key] != value:
+            raise ExportError(
+                f"{path}: exported with {key} {metadata[key]}, but the config gives {value}; "
+                f"export it again from this config (tools/deploy/export_model.py)")
+
+
+class OnnxRuntimeNetwork:
+    """An ONNX file run by ONNX Runtime on the CPU, with :meth:`MaskFormer.network`'s contract.
+
+    Args:
+        path: a ``model.onnx`` written by :func:`~maskformer_d2.deploy.export.export_onnx`.
+        threads: intra-op threads (0: ONNX Runtime's default).
+    """
+
+    def __init__(self, path: str, threads: int = 0):
+        if not os.path.isfile(path):
+            raise ExportError(f"{path}: no such ONNX file")
+        import onnxruntime as ort
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise ExportError(f"{path}: not a readable ONNX model ({first_line(e)})") from None
+        names = [o.name for o in self.session.get_outputs()]
+        if [i.name for i in self.session.get_inputs()] != [INPUT_NAME] or names[:2] != list(OUTPUT_NAMES):
+            raise ExportError(f"{path}: not a maskformer_d2 export (inputs/outputs "
+                              f"{[i.name for i in self.session.get_inputs()]} -> {names})")
+        props = self.session.get_modelmeta().custom_metadata_map
+        self.metadata = json.loads(props.get(METADATA_KEY, "{}"))
+        self.path = path
+
+    def __call__(self, images: Tensor) -> Dict[str, Tensor]:
+        _check_size(self.path, self.metadata, images)
+        array = np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
+        logits, masks = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: array})
+        return {"pred_logits": torch.from_numpy(logits).to(images.device),
+                "pred_masks": torch.from_numpy(masks).to(images.device)}
+
+
+class TorchScriptNetwork:
+    """A traced ``model.ts`` (:func:`~maskformer_d2.deploy.export.export_torchscript`)."""
+
+    def __init__(self, path: str):
+        if not os.path.isfile(path):
+            raise ExportError(f"{path}: no such TorchScript file")
+        extra = {METADATA_KEY: ""}
+        try:
+            self.module = torch.jit.load(path, map_location="cpu", _extra_files=extra)
+        except Exception as e:
+            raise ExportError(f"{path}: not a readable TorchScript file ({first_line(e)})") from None
+        self.metadata = json.loads(extra[METADATA_KEY] or "{}")
+        self.path = path
+
+    def __call__(self, images: Tensor) -> Dict[str, Tensor]:
+        _check_size(self.path, self.metadata, images)
+        with torch.no_grad():
+            logits, masks = self.module(images.contiguous())
+        return {"pred_logits": logits, "pred_masks": masks}
+
+
+def load_runtime(path: str, threads: int = 0):
+    """The runtime of an exported file, chosen by its extension (.onnx or .ts)."""
+    if path.endswith(".onnx"):
+        return OnnxRuntimeNetwork(path, threads)
+    if path.endswith(".ts") or path.endswith(".pt"):
+        return TorchScriptNetwork(path)
+    raise ExportError(f"{path}: an exported model ends in .onnx (ONNX Runtime) or .ts (TorchScript)")
+
+
+def attach_runtime(model: nn.Module, path: str, threads: int = 0) -> nn.Module:
+    """``model`` (eval mode) running its network from the exported file ``path``; checks that
+    the file was exported for the same number of classes and size divisibility."""
+    runtime = load_runtime(path, threads)
+    _check_metadata(path, runtime.metadata, model)
+    model.runtime = runtime
+    return model.eval()

@@ -1,0 +1,155 @@
+"""Export to ONNX / TorchScript and run with ONNX Runtime: same logits, same task outputs."""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+
+from maskformer_d2 import add_maskformer_config
+from maskformer_d2.deploy import attach_runtime, export_onnx, export_torchscript, load_runtime
+from maskformer_d2.errors import ExportError
+from maskformer_d2.tasks import set_enabled_tasks
+
+from _tiny_maskformer import tiny_cfg
+
+pytest.importorskip("onnxruntime")
+REPO = Path(__file__).resolve().parents[1]
+ALL_TASKS = ["semantic", "instance", "panoptic"]
+
+
+def _tiny(overrides=()):
+    torch.manual_seed(0)
+    cfg = set_enabled_tasks(tiny_cfg(overrides=list(overrides)), ALL_TASKS)
+    return cfg, build_model(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    cfg, model = _tiny(["MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD", 0.3])
+    folder = tmp_path_factory.mktemp("export")
+    export_onnx(model, str(folder / "model.onnx"))
+    export_torchscript(model, str(folder / "model.ts"))
+    return cfg, model, folder
+
+
+def _images(*shapes):
+    g = torch.Generator().manual_seed(1)
+    return [torch.randn(1, 3, h, w, generator=g) for h, w in shapes]
+
+
+@pytest.mark.parametrize("name", ["model.onnx", "model.ts"])
+def test_exported_network_gives_the_pytorch_logits_at_two_sizes(exported, name):
+    cfg, model, folder = exported
+    runtime = load_runtime(str(folder / name))
+    for images in _images((64, 96), (96, 128)):  # the second size is not the export's
+        with torch.no_grad():
+            expected = model.network(images)
+        got = runtime(images)
+        for key in ("pred_logits", "pred_masks"):
+            assert got[key].shape == expected[key].shape
+            torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["model.onnx", "model.ts"])
+def test_task_outputs_of_the_exported_network_equal_pytorch(exported, name):
+    cfg, model, folder = exported
+    _, deployed = _tiny(["MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD", 0.3])
+    attach_runtime(deployed, str(folder / name))
+    g = torch.Generator().manual_seed(2)
+    inputs = [{"image": torch.rand(3, 80, 112, generator=g) * 255, "height": 160, "width": 224}]
+    with torch.no_grad():
+        (expected,) = model(inputs)
+        (got,) = deployed(inputs)
+    assert torch.equal(got["sem_seg"].argmax(0), expected["sem_seg"].argmax(0))
+    torch.testing.assert_close(got["sem_seg"], expected["sem_seg"], rtol=0, atol=1e-4)
+    assert torch.equal(got["panoptic_seg"][0], expected["panoptic_seg"][0])
+    assert got["panoptic_seg"][1] == expected["panoptic_seg"][1] and expected["panoptic_seg"][1]
+    # instance masks are "logit > 0": a logit within float rounding of 0 may flip
+    a, b = got["instances"], expected["instances"]
+    assert len(a) == len(b) > 0 and torch.equal(a.pred_classes, b.pred_classes)
+    torch.testing.assert_close(a.scores, b.scores, rtol=0, atol=1e-4)
+    assert (a.pred_masks != b.pred_masks).float().mean() < 1e-3
+
+
+@pytest.mark.parametrize("case", ["semantic_r18_small", "panoptic_swin_tiny_small"])
+def test_reference_models_export(case, reference_dir, tmp_path):
+    case_dir = reference_dir / "cases" / case
+    if not case_dir.exists():
+        pytest.skip(f"reference case {case_dir} not found")
+    cfg = get_cfg()
+    add_maskformer_config(cfg)
+    cfg.merge_from_file(str(case_dir / "config.yaml"))
+    cfg.MODEL.DEVICE = "cpu"
+    model = build_model(cfg).eval()
+    model.load_state_dict(torch.load(case_dir / "weights.pth", weights_only=True))
+    image = torch.from_numpy(np.load(case_dir / "input.npz")["image"])
+    images = model.preprocess_image([{"image": image}]).tensor.contiguous()
+    if "swin" not in case:  # against the official outputs directly
+        export_onnx(model, str(tmp_path / "model.onnx"))
+        got, expected = load_runtime(str(tmp_path / "model.onnx"))(images), np.load(case_dir / "outputs.npz")
+        for key in ("pred_logits", "pred_masks"):
+            torch.testing.assert_close(got[key][0], torch.from_numpy(expected[key]), rtol=0, atol=1e-4)
+        return
+    # Swin: exported at one size (the tracer cannot export its window masks at 96x128, where a
+    # shift region is empty); compared with our PyTorch model, which the parity tests tie to the
+    # official one
+    images = torch.randn(1, 3, 224, 288, generator=torch.Generator().manual_seed(0))
+    export_onnx(model, str(tmp_path / "model.onnx"), images)
+    runtime = load_runtime(str(tmp_path / "model.onnx"))
+    got = runtime(images)
+    with torch.no_grad():
+        expected = model.network(images)
+    for key in ("pred_logits", "pred_masks"):
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-4)
+    with pytest.raises(ExportError, match="exported for 224x288 inputs only"):
+        runtime(torch.zeros(1, 3, 256, 288))  # another size: one line, not an ONNX Runtime failure
+
+
+def test_unusable_files_are_one_line_errors(exported, tmp_path):
+    cfg, model, folder = exported
+    with pytest.raises(ExportError, match="no such ONNX file"):
+        load_runtime(str(tmp_path / "missing.onnx"))
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"\x08\x07garbage" * 10)
+    with pytest.raises(ExportError, match="not a readable ONNX model") as e:
+        load_runtime(str(corrupt))
+    assert "\n" not in str(e.value)
+    with pytest.raises(ExportError, match="ends in .onnx"):
+        load_runtime(str(tmp_path / "model.bin"))
+    torch.manual_seed(0)
+    other = build_model(tiny_cfg(num_classes=5)).eval()
+    with pytest.raises(ExportError, match="exported with num_classes 7, but the config gives 5"):
+        attach_runtime(other, str(folder / "model.onnx"))
+
+
+def test_a_model_without_mask_classification_cannot_be_exported(tmp_path):
+    cfg = get_cfg()
+    add_maskformer_config(cfg)
+    cfg.merge_from_file(str(REPO / "configs/ade20k-150/per_pixel_baseline_R50_bs16_160k.yaml"))
+    cfg.merge_from_list(["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", "MODEL.RESNETS.DEPTH", 18,
+                         "MODEL.RESNETS.RES2_OUT_CHANNELS", 64])
+    model = build_model(cfg).eval()
+    with pytest.raises(ExportError, match="only MaskFormer models"):
+        export_onnx(model, str(tmp_path / "model.onnx"))
+
+
+def test_export_command_writes_the_model_and_its_config(tmp_path):
+    cfg, _ = _tiny()
+    config = tmp_path / "tiny.yaml"
+    config.write_text(cfg.dump())
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(REPO / "tools/deploy/export_model.py"), "--config-file",
+                           str(config), "--format", "onnx", "--output", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (out / "model.onnx").is_file() and (out / "config.yaml").is_file()
+    assert "output pred_logits: float32 (B, 8, 8)" in proc.stdout
+    meta = load_runtime(str(out / "model.onnx")).metadata
+    assert meta["num_classes"] == 7 and meta["size_divisibility"] == 32
+    bad = subprocess.run([sys.executable, str(REPO / "tools/deploy/export_model.py"), "--config-file",
+                          str(tmp_path / "nope.yaml"), "--output", str(out)], capture_output=True, text=True)
+    assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1
