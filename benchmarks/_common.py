@@ -158,16 +158,24 @@ def set_threads(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
 
 
+def save_random_weights(args: argparse.Namespace, path: str) -> None:
+    """Our model of ``args.config_file`` with seeded random weights, as a checkpoint both
+    implementations load (their state-dict keys are the same)."""
+    import torch
+    from detectron2.modeling import build_model as d2_build_model
+    torch.manual_seed(0)
+    torch.save({"model": d2_build_model(build_cfg(args, training=False)).state_dict()}, path)
+
+
 def compare_with_official(
-    args: argparse.Namespace, script: str, save_weights: Callable[[str], None],
-    compare_outputs: Callable[[str, str], Dict],
+    args: argparse.Namespace, script: str, compare_outputs: Callable[[str, str], Dict],
 ) -> None:
     """Run ``script`` as ours and as the official code, alternating ``args.rounds`` times each in
     fresh processes on the same weights, then print per-process results, the output comparison
     and one JSON line with the ratio official / ours of the median times and of peak memory."""
     with tempfile.TemporaryDirectory(prefix="mf_bench_") as tmp:
         weights = os.path.join(tmp, "weights.pth")
-        save_weights(weights)
+        save_random_weights(args, weights)
         runs: Dict[str, List[Dict]] = {OURS: [], OFFICIAL: []}
         outputs = {}
         for r in range(args.rounds):
