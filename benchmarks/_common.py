@@ -38,6 +38,30 @@ def add_common_arguments(ap: argparse.ArgumentParser, default_config: str) -> No
     ap.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
 
 
+# the package of each official tree and its config function
+OFFICIAL_PACKAGES = {"mask_former": ("mask_former", "add_mask_former_config"),
+                     "mask2former": ("mask2former", "add_maskformer2_config")}
+
+
+def official_package(official: str) -> str:
+    """"mask2former" for a facebookresearch/Mask2Former tree, else "mask_former"."""
+    return "mask2former" if os.path.isdir(os.path.join(official, "mask2former")) else "mask_former"
+
+
+def official_pythonpath(official: str, tmp: str) -> List[str]:
+    """What the official tree needs on PYTHONPATH: itself and, for Mask2Former, an empty module
+    named ``MultiScaleDeformableAttention`` (its compiled CUDA op, imported at import time; without
+    it the official deformable attention falls back to its pure-PyTorch path, which is what runs
+    on a CPU anyway)."""
+    paths = [official]
+    if official_package(official) == "mask2former":
+        stub = os.path.join(tmp, "stub")
+        os.makedirs(stub, exist_ok=True)
+        open(os.path.join(stub, "MultiScaleDeformableAttention.py"), "w").close()
+        paths.append(stub)
+    return paths
+
+
 def official_config_file(config_file: str, official: str) -> str:
     """The official tree's config at the same path relative to ``configs/`` (ours mirrors it)."""
     rel = os.path.relpath(os.path.abspath(config_file), os.path.join(REPO, "configs"))
@@ -51,15 +75,31 @@ def build_cfg(args: argparse.Namespace, training: bool):
     if args.impl == OURS:
         from maskformer_d2.config import load_config
         return load_config(args.config_file, opts)
+    import importlib
+
     from detectron2.config import get_cfg
     from detectron2.projects.deeplab import add_deeplab_config
-    from mask_former import add_mask_former_config  # PYTHONPATH holds the official tree
+    package, add_config = OFFICIAL_PACKAGES[official_package(args.official)]
+    if package == "mask2former":
+        _stand_in_for_compiled_coco_eval()
     cfg = get_cfg()
     add_deeplab_config(cfg)
-    add_mask_former_config(cfg)
+    getattr(importlib.import_module(package), add_config)(cfg)  # PYTHONPATH holds the official tree
     cfg.merge_from_file(official_config_file(args.config_file, args.official))
     cfg.merge_from_list(_known_keys_only(cfg, opts))
     return cfg
+
+
+def _stand_in_for_compiled_coco_eval() -> None:
+    """The official Mask2Former imports detectron2's compiled COCO evaluator at import time (for an
+    evaluator the benchmarks never run); a detectron2 without compiled ops has none, so
+    pycocotools' evaluator stands in under that name."""
+    import types
+
+    from pycocotools.cocoeval import COCOeval
+    module = types.ModuleType("detectron2.evaluation.fast_eval_api")
+    module.COCOeval_opt = COCOeval
+    sys.modules.setdefault("detectron2.evaluation.fast_eval_api", module)
 
 
 def _known_keys_only(cfg, opts: Sequence[str]) -> List[str]:
@@ -187,9 +227,9 @@ def compare_with_official(
                        "--threads", str(args.threads), "--official", args.official,
                        "--save-outputs", out_file, *_extra_flags(args), *args.opts]
                 env = dict(os.environ)
-                if impl == OFFICIAL:  # its package imports as `mask_former`
+                if impl == OFFICIAL:  # its package imports as `mask_former` / `mask2former`
                     env["PYTHONPATH"] = os.pathsep.join(
-                        p for p in (args.official, env.get("PYTHONPATH")) if p)
+                        official_pythonpath(args.official, tmp) + [p for p in [env.get("PYTHONPATH")] if p])
                 proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 if proc.returncode != 0:
                     sys.exit(f"{impl} run failed:\n{proc.stderr[-3000:]}")

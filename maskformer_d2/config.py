@@ -52,11 +52,13 @@ def add_maskformer_config(cfg: CN) -> None:
     # loss
     mf.DEEP_SUPERVISION = True
     mf.NO_OBJECT_WEIGHT = 0.1
+    mf.CLASS_WEIGHT = 1.0  # Mask2Former's key; MaskFormer's official loss uses 1.0
     mf.DICE_WEIGHT = 1.0
     mf.MASK_WEIGHT = 20.0
-    # point-sampled mask loss and matching (Mask2Former's keys; 0 points = the dense MaskFormer
-    # loss of the official MaskFormer configs; see modeling/point_sampling.py)
-    mf.TRAIN_NUM_POINTS = 0
+    # point-sampled mask loss and matching (Mask2Former's keys; see modeling/point_sampling.py):
+    # 0 = the dense loss of the official MaskFormer; -1 = the default of the model family
+    # (modeling/recipe.py: 0 for MaskFormer, 112 * 112 for Mask2Former, as the official defaults)
+    mf.TRAIN_NUM_POINTS = -1
     mf.OVERSAMPLE_RATIO = 3.0
     mf.IMPORTANCE_SAMPLE_RATIO = 0.75
     # transformer
@@ -86,6 +88,13 @@ def add_maskformer_config(cfg: CN) -> None:
     cfg.MODEL.SEM_SEG_HEAD.MASK_DIM = 256
     cfg.MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS = 0
     cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME = "BasePixelDecoder"
+    # Mask2Former's multi-scale deformable-attention pixel decoder (MSDeformAttnPixelDecoder):
+    # the backbone features its encoder attends to. N_POINTS / N_HEADS are accepted because the
+    # official configs define them, but the official decoder ignores them (it uses
+    # MASK_FORMER.NHEADS heads and 4 points per head and level), and so does ours: same outputs
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES = ["res3", "res4", "res5"]
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS = 4
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 8
 
     # ---- Swin backbone
     sw = cfg.MODEL.SWIN = CN()

@@ -47,6 +47,9 @@ class InferenceOptions:
         detections_per_image: top-k of instance inference (``TEST.DETECTIONS_PER_IMAGE``).
         sem_seg_postprocess_before_inference: resize mask logits to the output size before
             semantic inference (the official option; panoptic and instance always are).
+        panoptic_segment_within_own_mask: a panoptic segment is the pixels its query wins AND
+            where its own mask is >= 0.5 (Mask2Former) instead of all pixels it wins (MaskFormer).
+        instance_things_only: instance output keeps only thing classes (else all classes).
     """
 
     thing_ids: Optional[FrozenSet[int]] = None
@@ -54,6 +57,8 @@ class InferenceOptions:
     overlap_threshold: float = 0.0
     detections_per_image: int = 100
     sem_seg_postprocess_before_inference: bool = False
+    panoptic_segment_within_own_mask: bool = False
+    instance_things_only: bool = True
 
 
 class ImagePrediction:
@@ -232,16 +237,18 @@ def panoptic_inference(
     thing_ids: Set[int],
     object_mask_threshold: float,
     overlap_threshold: float,
+    within_own_mask: bool = False,
 ) -> Tuple[Tensor, List[Dict]]:
-    """Non-overlapping segments from the confident queries (official MaskFormer rule).
+    """Non-overlapping segments from the confident queries (official MaskFormer / Mask2Former rule).
 
     A query is kept if its most likely class is not "no object" and that class's probability
     exceeds ``object_mask_threshold``. Each pixel goes to the kept query with the largest
-    ``score * sigmoid(mask)``. A query's segment is the pixels it wins (even where its own mask
-    is < 0.5, as in the official MaskFormer and its reference outputs; Mask2Former later
-    intersected the two). It is dropped when it wins no pixel, when its mask has no pixel >= 0.5,
-    or when the pixels it wins are fewer than ``overlap_threshold`` times its pixels >= 0.5.
-    Segments of one stuff class merge into the first one; things stay separate.
+    ``score * sigmoid(mask)``. A query's segment is the pixels it wins (MaskFormer: even where
+    its own mask is < 0.5) or, with ``within_own_mask`` (Mask2Former), the pixels it wins where
+    its own mask is >= 0.5. It is dropped when it wins no pixel, when its mask has no pixel >=
+    0.5, when its segment is empty, or when the pixels it wins are fewer than
+    ``overlap_threshold`` times its pixels >= 0.5. Segments of one stuff class merge into the
+    first one; things stay separate.
 
     Args:
         mask_cls: (Q, K+1) class logits.
@@ -251,6 +258,7 @@ def panoptic_inference(
         thing_ids: contiguous ids (in [0, K)) of the thing classes.
         object_mask_threshold: minimum class probability of a kept query.
         overlap_threshold: minimum (pixels won) / (pixels of its mask) of a kept segment.
+        within_own_mask: Mask2Former's segment rule (see above).
 
     Returns:
         panoptic_seg: (H, W) int32 segment ids, 0 = void, segments numbered from 1;
@@ -274,8 +282,11 @@ def panoptic_inference(
         category = int(cur_classes[k].item())
         isthing = category in thing_ids
         mask = winner == k
-        won_area, own_area = mask.sum().item(), (cur_masks[k] >= 0.5).sum().item()
-        if won_area == 0 or own_area == 0:
+        own = cur_masks[k] >= 0.5
+        won_area, own_area = mask.sum().item(), own.sum().item()
+        if within_own_mask:
+            mask &= own
+        if won_area == 0 or own_area == 0 or (within_own_mask and not mask.any()):
             continue
         if won_area / own_area < overlap_threshold:
             continue
@@ -355,10 +366,12 @@ def semantic_output(p: ImagePrediction, options: InferenceOptions) -> Tensor:
 def panoptic_output(p: ImagePrediction, options: InferenceOptions) -> Tuple[Tensor, List[Dict]]:
     """((height, width) int32 segment ids, segments_info) (the model's "panoptic_seg")."""
     return panoptic_inference(p.mask_cls, p.lazy_mask_pred, p.num_classes, options.thing_ids,
-                              options.object_mask_threshold, options.overlap_threshold)
+                              options.object_mask_threshold, options.overlap_threshold,
+                              options.panoptic_segment_within_own_mask)
 
 
 def instance_output(p: ImagePrediction, options: InferenceOptions) -> Instances:
     """Instances at height x width (the model's "instances")."""
     return instance_inference(p.mask_cls, p.lazy_mask_pred, p.num_classes,
-                              options.detections_per_image, options.thing_ids)
+                              options.detections_per_image,
+                              options.thing_ids if options.instance_things_only else None)

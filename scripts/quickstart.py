@@ -1,14 +1,17 @@
 #!/usr/bin/env python
-"""The quickstart job: MaskFormer on the built-in shapes dataset, end to end, on a CPU.
+"""The quickstart job: MaskFormer (or Mask2Former) on the built-in shapes dataset, end to end,
+on a CPU.
 
 1. generates the dataset once (~/.cache/maskformer_d2/shapes, or $MASKFORMER_D2_CACHE);
-2. trains configs/shapes/maskformer_R18_shapes.yaml from scratch with train_net.py's Trainer
+2. trains configs/shapes/maskformer_R18_shapes.yaml (or the --config-file given, e.g.
+   configs/shapes/mask2former_R18_shapes.yaml) from scratch with train_net.py's Trainer
    (:mod:`maskformer_d2.engine`);
 3. evaluates one model for all three tasks (SemSegEvaluator, COCOEvaluator, COCOPanopticEvaluator);
 4. prints a table, writes OUTPUT_DIR/quickstart_metrics.json and renders a few validation images
    (semantic | instance | panoptic side by side) to OUTPUT_DIR/vis/.
 
-    python scripts/quickstart.py [--output-dir output/quickstart] [--num-vis 4] [KEY VALUE ...]
+    python scripts/quickstart.py [--config-file configs/shapes/...yaml] [--output-dir output/quickstart]
+                                 [--num-vis 4] [KEY VALUE ...]
 """
 import argparse
 import json
@@ -53,6 +56,7 @@ def render(cfg, out_dir: str, num: int) -> list:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config-file", default=CONFIG, help="a shapes recipe (default: %(default)s)")
     ap.add_argument("--output-dir", default=os.path.join(REPO, "output", "quickstart"))
     ap.add_argument("--num-vis", type=int, default=4)
     ap.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE pairs")
@@ -63,7 +67,7 @@ def main() -> int:
     from maskformer_d2.data import prepare_shapes
     from maskformer_d2.engine import build_cfg, main as train_and_evaluate
 
-    targs = default_argument_parser().parse_args(["--config-file", CONFIG, "OUTPUT_DIR", args.output_dir, *args.opts])
+    targs = default_argument_parser().parse_args(["--config-file", args.config_file, "OUTPUT_DIR", args.output_dir, *args.opts])
     cfg = build_cfg(targs)
     start = time.perf_counter()
     prepare_shapes(cfg)
@@ -90,7 +94,7 @@ def main() -> int:
     print(f"metrics: {os.path.join(args.output_dir, 'quickstart_metrics.json')}")
     print(f"renderings: {', '.join(vis)}")
     print("try the demo on your own pictures:\n  .venv/bin/python demo/demo.py --config-file "
-          f"{os.path.relpath(CONFIG, REPO)} --input your.jpg --output out/ --task all "
+          f"{os.path.relpath(args.config_file, REPO)} --input your.jpg --output out/ --task all "
           f"--opts MODEL.WEIGHTS {os.path.relpath(cfg.MODEL.WEIGHTS, REPO)}")
     return 0
 

@@ -63,13 +63,19 @@ OFFICIAL_CONFIGS = [
 ]
 
 MANIFESTS = [
-    "ade20k-150_maskformer_R50.keys.txt",
-    "ade20k-150_maskformer_R101c.keys.txt",
-    "ade20k-150_maskformer_swin_tiny.keys.txt",
-    "ade20k-150_maskformer_swin_large_IN21k_384.keys.txt",
-    "ade20k-150_per_pixel_baseline_plus_R50.keys.txt",
-    "cityscapes-19_maskformer_R101c.keys.txt",
-    "coco-panoptic_maskformer_panoptic_R50.keys.txt",
+    "manifests/ade20k-150_maskformer_R50.keys.txt",
+    "manifests/ade20k-150_maskformer_R101c.keys.txt",
+    "manifests/ade20k-150_maskformer_swin_tiny.keys.txt",
+    "manifests/ade20k-150_maskformer_swin_large_IN21k_384.keys.txt",
+    "manifests/ade20k-150_per_pixel_baseline_plus_R50.keys.txt",
+    "manifests/cityscapes-19_maskformer_R101c.keys.txt",
+    "manifests/coco-panoptic_maskformer_panoptic_R50.keys.txt",
+    # official Mask2Former models
+    "mask2former/manifests/m2f_ade20k_semantic_R50.keys.txt",
+    "mask2former/manifests/m2f_ade20k_semantic_swin_large_IN21k_384.keys.txt",
+    "mask2former/manifests/m2f_cityscapes_semantic_R50.keys.txt",
+    "mask2former/manifests/m2f_coco_instance_R50.keys.txt",
+    "mask2former/manifests/m2f_coco_panoptic_R50.keys.txt",
 ]
 
 Entry = Tuple[Tuple[int, ...], str]
@@ -88,7 +94,7 @@ def read_manifest(path: Path) -> Tuple[str, Dict[str, Entry]]:
     """(config path it names, {name: (shape, dtype)}) of a ``name<TAB>shape<TAB>dtype`` manifest."""
     config, entries = None, {}
     for line in path.read_text().splitlines():
-        if line.startswith("# official config:"):
+        if line.startswith(("# official config:", "# official Mask2Former config:")):
             config = line.split(":", 1)[1].strip()
         elif line and not line.startswith("#"):
             name, shape, dtype = line.split("\t")
@@ -195,7 +201,7 @@ def test_merged_values_follow_the_base_chain():
 
 @pytest.mark.parametrize("manifest", MANIFESTS)
 def test_built_model_state_dict_equals_official_manifest(reference_dir, manifest):
-    config, expected = read_manifest(Path(reference_dir) / "manifests" / manifest)
+    config, expected = read_manifest(Path(reference_dir) / manifest)
     cfg = load_config(REPO / config)
     cfg.MODEL.DEVICE = "meta"  # build_model moves the model there; no memory, no init cost
     with torch.device("meta"):

@@ -32,6 +32,7 @@ from .losses import (
 )
 from .matcher import HungarianMatcher
 from .point_sampling import PointSampling, loss_points, sample_masks
+from .recipe import recipe_of
 
 _POINT_MASK_LOSSES = {"focal": sigmoid_focal_loss, "bce": sigmoid_ce_loss}
 
@@ -127,10 +128,11 @@ class SetCriterion(nn.Module):
         return {
             "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
             "matcher": HungarianMatcher(cfg),
-            "weight_dict": build_weight_dict(1.0, mf.MASK_WEIGHT, mf.DICE_WEIGHT, num_aux),
+            "weight_dict": build_weight_dict(mf.CLASS_WEIGHT, mf.MASK_WEIGHT, mf.DICE_WEIGHT, num_aux),
             "eos_coef": mf.NO_OBJECT_WEIGHT,
             "losses": ("labels", "masks"),
             "point_sampling": PointSampling.from_config(cfg),
+            "mask_loss": recipe_of(cfg).mask_loss,
         }
 
     def loss_labels(self, outputs: Mapping[str, Tensor], targets: Sequence[Dict[str, Tensor]],

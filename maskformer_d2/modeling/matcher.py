@@ -16,6 +16,7 @@ from detectron2.config import configurable
 
 from .losses import batch_dice_cost, batch_sigmoid_focal_cost, no_autocast, pad_masks_to_common_size
 from .point_sampling import matcher_points, sample_masks
+from .recipe import num_train_points, recipe_of
 
 __all__ = ["HungarianMatcher"]
 
@@ -55,12 +56,14 @@ class HungarianMatcher(nn.Module):
 
     @classmethod
     def from_config(cls, cfg) -> Dict[str, float]:
-        # the official model weights the matching costs like the losses
+        # the official models weight the matching costs like the losses
+        mf = cfg.MODEL.MASK_FORMER
         return {
-            "cost_class": 1.0,
-            "cost_mask": cfg.MODEL.MASK_FORMER.MASK_WEIGHT,
-            "cost_dice": cfg.MODEL.MASK_FORMER.DICE_WEIGHT,
-            "num_points": cfg.MODEL.MASK_FORMER.TRAIN_NUM_POINTS,
+            "cost_class": mf.CLASS_WEIGHT,
+            "cost_mask": mf.MASK_WEIGHT,
+            "cost_dice": mf.DICE_WEIGHT,
+            "num_points": num_train_points(cfg),
+            "mask_cost": recipe_of(cfg).mask_loss,
         }
 
     def cost_matrix(self, logits: Tensor, mask_logits: Tensor, labels: Tensor, masks: Tensor,

@@ -18,6 +18,7 @@ from ..postprocessing import ImagePrediction, InferenceOptions
 from ..tasks import enabled_tasks, get_task
 from .batchnorm_folding import enable_batchnorm_folding
 from .criterion import SetCriterion
+from .recipe import recipe_of
 
 __all__ = ["MaskFormer"]
 
@@ -90,6 +91,13 @@ class MaskFormer(nn.Module):
         test = cfg.MODEL.MASK_FORMER.TEST
         tasks = enabled_tasks(cfg)
         needs_things = any(t.needs_thing_classes for t in tasks)
+        recipe = recipe_of(cfg)
+        thing_ids = thing_ids_from_metadata(cfg.DATASETS.TRAIN, load_if_needed=needs_things)
+        # Mask2Former resizes the masks to the output size first when panoptic or instance
+        # output is on, and keeps only thing classes in instance output only with panoptic on
+        resize_first = recipe.resize_masks_first_for_panoptic_or_instance and (
+            test.PANOPTIC_ON or test.INSTANCE_ON)
+        instance_things_only = not (recipe.instance_things_only_with_panoptic and not test.PANOPTIC_ON)
         return {
             "backbone": backbone,
             "sem_seg_head": build_sem_seg_head(cfg, backbone.output_shape()),
@@ -99,11 +107,14 @@ class MaskFormer(nn.Module):
             "size_divisibility": cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY,
             "tasks": [t.name for t in tasks],
             "inference_options": InferenceOptions(
-                thing_ids=thing_ids_from_metadata(cfg.DATASETS.TRAIN, load_if_needed=needs_things),
+                thing_ids=thing_ids,
                 object_mask_threshold=test.OBJECT_MASK_THRESHOLD,
                 overlap_threshold=test.OVERLAP_THRESHOLD,
                 detections_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
-                sem_seg_postprocess_before_inference=test.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE,
+                sem_seg_postprocess_before_inference=(
+                    test.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE or resize_first),
+                panoptic_segment_within_own_mask=recipe.panoptic_segment_within_own_mask,
+                instance_things_only=instance_things_only,
             ),
             "channels_last": cfg.MODEL.DEVICE == "cpu",
         }

@@ -41,8 +41,10 @@ class PointSampling:
 
     @classmethod
     def from_config(cls, cfg) -> "PointSampling":
+        from .recipe import num_train_points
+
         mf = cfg.MODEL.MASK_FORMER
-        return cls(mf.TRAIN_NUM_POINTS, mf.OVERSAMPLE_RATIO, mf.IMPORTANCE_SAMPLE_RATIO)
+        return cls(num_train_points(cfg), mf.OVERSAMPLE_RATIO, mf.IMPORTANCE_SAMPLE_RATIO)
 
 
 def matcher_points(num_images: int, num_points: int, device: torch.device) -> Tensor:

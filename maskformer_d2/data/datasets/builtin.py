@@ -6,7 +6,8 @@ called, and a missing folder then raises one FileNotFoundError line naming the p
 ``datasets/prepare_*.py`` script that creates it.
 
 Registered here (detectron2 already registers ade20k_sem_seg_*, cityscapes_* and the COCO
-instance / panoptic splits):
+instance / panoptic splits; we add colours to its ADE20K and thing ids to its Cityscapes instance
+metadata):
 
 =================================================  ========  ===================================
 name                                               classes   prepared by (under datasets/)
@@ -14,6 +15,7 @@ name                                               classes   prepared by (under 
 ade20k_full_sem_seg_{train,val}                    847       prepare_ade20k_full_sem_seg.py
 coco_2017_{train,test}_stuff_10k_sem_seg           171       prepare_coco_stuff_10k_v1.0_sem_seg.py
 mapillary_vistas_sem_seg_{train,val}               65        (none: the v1.2 download as is)
+mapillary_vistas_panoptic_{train,val}              65        (none: the v1.2 download as is)
 ade20k_panoptic_{train,val}                        150       prepare_ade20k_sem_seg.py +
                                                              prepare_ade20k_pan_seg.py
 ade20k_instance_{train,val}                        100       prepare_ade20k_ins_seg.py
@@ -21,7 +23,7 @@ coco_2017_{train,val}_panoptic_with_sem_seg        133       prepare_coco_semant
 =================================================  ========  ===================================
 """
 import os
-from typing import Any, Callable, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json, load_sem_seg
@@ -32,9 +34,11 @@ from .builtin_meta import (
     ade20k_full_meta,
     ade20k_instance_meta,
     ade20k_panoptic_meta,
+    cityscapes_instance_thing_ids,
     coco_panoptic_with_sem_seg_meta,
     coco_stuff_10k_meta,
     mapillary_vistas_meta,
+    mapillary_vistas_panoptic_meta,
 )
 from .coco_formats import load_panoptic_json
 
@@ -113,28 +117,48 @@ def register_coco_stuff_10k(root: str) -> None:
             ignore_label=255, **coco_stuff_10k_meta())
 
 
+_MAPILLARY_HOW = "extract the Mapillary Vistas v1.2 download there (no script)"
+
+
 def register_mapillary_vistas(root: str) -> None:
     base = os.path.join(root, "mapillary_vistas")
     for split, dirname in [("train", "training"), ("val", "validation")]:
         _register_sem_seg(
             f"mapillary_vistas_sem_seg_{split}", os.path.join(base, dirname, "images"),
-            os.path.join(base, dirname, "labels"), "png",
-            "extract the Mapillary Vistas v1.2 download there (no script)",
+            os.path.join(base, dirname, "labels"), "png", _MAPILLARY_HOW,
             ignore_label=65, **mapillary_vistas_meta())  # Mapillary's "unlabeled" is 65
 
 
 def _register_panoptic(name: str, meta: Dict[str, Any], how: str, *, image_root: str,
-                       panoptic_root: str, panoptic_json: str, sem_seg_root: str, json_file: str,
-                       evaluator_type: str) -> None:
-    """A COCO-panoptic dataset with semantic PNGs (and an instance json for instance evaluation)."""
+                       panoptic_root: str, panoptic_json: str, sem_seg_root: str,
+                       json_file: Optional[str], evaluator_type: str,
+                       ignore_label: int = 255) -> None:
+    """A COCO-panoptic dataset with semantic PNGs (and, with ``json_file``, an instance json for
+    instance evaluation)."""
     DatasetCatalog.register(name, lazy_loader(
         name, lambda: load_panoptic_json(panoptic_json, image_root, panoptic_root, sem_seg_root,
                                          meta),
         [image_root, panoptic_json, panoptic_root, sem_seg_root], how))
+    # a json_file is what makes the instance evaluator run on a dataset (maskformer_d2.tasks)
+    instances = {} if json_file is None else {"json_file": json_file}
     MetadataCatalog.get(name).set(
         panoptic_root=panoptic_root, image_root=image_root, panoptic_json=panoptic_json,
-        sem_seg_root=sem_seg_root, json_file=json_file, evaluator_type=evaluator_type,
-        ignore_label=255, label_divisor=1000, **meta)
+        sem_seg_root=sem_seg_root, evaluator_type=evaluator_type,
+        ignore_label=ignore_label, label_divisor=1000, **instances, **meta)
+
+
+def register_mapillary_vistas_panoptic(root: str) -> None:
+    """``mapillary_vistas_panoptic_{train,val}``: the v1.2 panoptic PNGs and json as downloaded,
+    with the semantic label PNGs for semantic evaluation (no instance json: no instance AP)."""
+    base = os.path.join(root, "mapillary_vistas")
+    for split, dirname in [("train", "training"), ("val", "validation")]:
+        _register_panoptic(
+            f"mapillary_vistas_panoptic_{split}", mapillary_vistas_panoptic_meta(), _MAPILLARY_HOW,
+            image_root=os.path.join(base, dirname, "images"),
+            panoptic_root=os.path.join(base, dirname, "panoptic"),
+            panoptic_json=os.path.join(base, dirname, "panoptic", "panoptic_2018.json"),
+            sem_seg_root=os.path.join(base, dirname, "labels"), json_file=None,
+            evaluator_type="mapillary_vistas_panoptic_seg", ignore_label=65)
 
 
 def register_ade20k_panoptic(root: str) -> None:
@@ -189,12 +213,24 @@ def _add_ade20k_colors() -> None:
             meta.set(stuff_colors=colors[:])
 
 
+def _add_cityscapes_instance_thing_ids() -> None:
+    """detectron2's cityscapes_fine_instance_seg_* have no ``thing_dataset_id_to_contiguous_id``
+    (and no json to fill it in from), which instance output reads for its thing classes."""
+    for split in ("train", "val", "test"):
+        meta = MetadataCatalog.get(f"cityscapes_fine_instance_seg_{split}")
+        if not hasattr(meta, "thing_dataset_id_to_contiguous_id"):
+            meta.set(thing_dataset_id_to_contiguous_id=cityscapes_instance_thing_ids(
+                meta.thing_classes))
+
+
 def register_all(root: str) -> None:
     """Register every dataset of this module under ``root`` (called once at import)."""
     register_ade20k_full(root)
     register_coco_stuff_10k(root)
     register_mapillary_vistas(root)
+    register_mapillary_vistas_panoptic(root)
     register_ade20k_panoptic(root)
     register_ade20k_instance(root)
     register_coco_panoptic_with_sem_seg(root)
     _add_ade20k_colors()
+    _add_cityscapes_instance_thing_ids()

@@ -16,15 +16,17 @@ import json
 import os
 from typing import Any, Dict, List
 
-from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
+from detectron2.data.datasets.builtin_meta import CITYSCAPES_CATEGORIES, COCO_CATEGORIES
 
 __all__ = [
     "load_categories",
     "ade20k_150_categories",
     "ade20k_full_meta",
+    "cityscapes_instance_thing_ids",
     "coco_stuff_171_categories",
     "coco_stuff_10k_meta",
     "mapillary_vistas_meta",
+    "mapillary_vistas_panoptic_meta",
     "ade20k_panoptic_meta",
     "ade20k_instance_meta",
     "coco_panoptic_with_sem_seg_meta",
@@ -80,6 +82,38 @@ def mapillary_vistas_meta() -> Dict[str, Any]:
     assert len(cats) == 65, len(cats)
     return {"stuff_classes": [c["readable"] for c in cats],
             "stuff_colors": [c["color"] for c in cats]}
+
+
+def mapillary_vistas_panoptic_meta() -> Dict[str, Any]:
+    """Mapillary Vistas v1.2 panoptic as registered by the official Mask2Former: the 65 evaluated
+    classes, dataset id = label value + 1, the 37 with instance annotations are things.
+
+    ``thing_classes`` repeats all 65 names (detectron2's visualizer indexes it by contiguous id).
+    """
+    cats = [c for c in _load("mapillary_vistas_66") if c["evaluate"]]
+    assert len(cats) == 65, len(cats)
+    names = [c["readable"] for c in cats]
+    colors = [c["color"] for c in cats]
+    return {
+        "thing_classes": names,
+        "thing_colors": colors,
+        "stuff_classes": names[:],
+        "stuff_colors": colors[:],
+        "thing_dataset_id_to_contiguous_id": {
+            i + 1: i for i, c in enumerate(cats) if c["instances"]},
+        "stuff_dataset_id_to_contiguous_id": {i + 1: i for i in range(len(cats))},
+    }
+
+
+def cityscapes_instance_thing_ids(thing_classes: List[str]) -> Dict[int, int]:
+    """Cityscapes label id -> contiguous id of the instance classes ``thing_classes`` (detectron2's
+    order), as detectron2's Cityscapes instance loader numbers them (person: 24 -> 0, ...)."""
+    ids = {c["name"]: c["id"] for c in CITYSCAPES_CATEGORIES if c["isthing"]}
+    missing = [name for name in thing_classes if name not in ids]
+    if missing:
+        raise ValueError(f"Cityscapes thing classes {missing} are not in detectron2's "
+                         "CITYSCAPES_CATEGORIES")
+    return {ids[name]: i for i, name in enumerate(thing_classes)}
 
 
 def ade20k_panoptic_meta() -> Dict[str, Any]:

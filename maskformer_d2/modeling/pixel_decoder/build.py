@@ -14,7 +14,9 @@ PIXEL_DECODER_REGISTRY.__doc__ = """
 Registry for pixel decoders: modules built as ``cls(cfg, input_shape)`` (input_shape: the
 backbone's ``Dict[str, ShapeSpec]``) with a method
 ``forward_features(features) -> (mask_features (B, MASK_DIM, H/4, W/4), transformer_encoder_features
-or None)``.
+or None[, multi_scale_features])``; the optional third output, a list of (B, C, h_l, w_l) maps
+(coarsest first), is what Mask2Former's decoder reads (``TRANSFORMER_IN_FEATURE:
+multi_scale_pixel_decoder``).
 """
 
 
@@ -27,6 +29,7 @@ def build_pixel_decoder(cfg, input_shape: Dict[str, ShapeSpec]) -> nn.Module:
     if not callable(getattr(decoder, "forward_features", None)):
         raise TypeError(
             f"pixel decoder {name!r} has no forward_features(features) method; a pixel decoder "
-            "must return (mask_features, transformer_encoder_features or None) from it"
+            "must return (mask_features, transformer_encoder_features or None[, multi_scale_features]) "
+            "from it"
         )
     return decoder

@@ -1,4 +1,5 @@
 """Transformer predictors (the "transformer decoder" of MaskFormer) and their building blocks."""
+from .masked_attention_decoder import MultiScaleMaskedTransformerDecoder
 from .position_encoding import PositionEmbeddingSine
 from .transformer import Transformer, TransformerEncoderOnly
 from .transformer_predictor import (
@@ -16,4 +17,5 @@ __all__ = [
     "TRANSFORMER_PREDICTOR_REGISTRY",
     "TransformerPredictor",
     "build_transformer_predictor",
+    "MultiScaleMaskedTransformerDecoder",
 ]

@@ -1,0 +1,230 @@
+"""Mask2Former's parts on hand-made inputs (parity with the official model on whole models is in
+test_official_parity.py, the official key manifests in test_configs.py):
+
+* multi-scale deformable attention equals a brute-force bilinear read of every sampling point;
+* the masked-attention decoder's masks: a query never sees positions its previous mask hides,
+  a query whose mask hides everything sees everything, eval without auxiliary outputs gives the
+  same final prediction;
+* Mask2Former's panoptic segment rule and the recipe chosen by the decoder's name;
+* the shapes recipe trains through train_net.py and its loss goes down.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import maskformer_d2  # noqa: F401  (registers the models)
+from detectron2.modeling import build_model
+from maskformer_d2.config import load_config
+from maskformer_d2.modeling.pixel_decoder.ms_deform_attn import (
+    MSDeformAttn,
+    multi_scale_deformable_attention,
+)
+from maskformer_d2.modeling.recipe import num_train_points, recipe_of
+from maskformer_d2.modeling.transformer_decoder import TRANSFORMER_PREDICTOR_REGISTRY
+from maskformer_d2.postprocessing import panoptic_inference
+
+REPO = Path(__file__).resolve().parents[1]
+M2F_SHAPES = REPO / "configs" / "shapes" / "mask2former_R18_shapes.yaml"
+MF_SHAPES = REPO / "configs" / "shapes" / "maskformer_R18_shapes.yaml"
+
+
+# ----------------------------------------------------------------------------- deformable attention
+def _bilinear(image: torch.Tensor, x: float, y: float) -> torch.Tensor:
+    """(D, h, w) at normalised (x, y) in [0, 1] (pixel centres at (i + 0.5) / w), zeros outside."""
+    d, h, w = image.shape
+    px, py = x * w - 0.5, y * h - 0.5
+    x0, y0 = int(torch.floor(torch.tensor(px))), int(torch.floor(torch.tensor(py)))
+    out = torch.zeros(d, dtype=torch.float64)
+    for xi in (x0, x0 + 1):
+        for yi in (y0, y0 + 1):
+            if 0 <= xi < w and 0 <= yi < h:
+                out += (1 - abs(px - xi)) * (1 - abs(py - yi)) * image[:, yi, xi].double()
+    return out
+
+
+def test_deformable_attention_equals_brute_force_bilinear_reads():
+    torch.manual_seed(0)
+    shapes = [(3, 4), (2, 2)]
+    batch, heads, dim, queries, points = 2, 2, 3, 5, 3
+    value = torch.randn(batch, sum(h * w for h, w in shapes), heads, dim)
+    # some locations outside [0, 1]: they read zeros there
+    locations = torch.rand(batch, queries, heads, len(shapes), points, 2) * 1.4 - 0.2
+    weights = torch.softmax(torch.randn(batch, queries, heads, len(shapes) * points), -1)
+    weights = weights.view(batch, queries, heads, len(shapes), points)
+
+    got = multi_scale_deformable_attention(value, shapes, locations, weights)
+
+    expected = torch.zeros(batch, queries, heads * dim, dtype=torch.float64)
+    starts = [0, shapes[0][0] * shapes[0][1]]
+    for b in range(batch):
+        for q in range(queries):
+            for m in range(heads):
+                acc = torch.zeros(dim, dtype=torch.float64)
+                for level, (h, w) in enumerate(shapes):
+                    image = value[b, starts[level]: starts[level] + h * w, m].t().reshape(dim, h, w)
+                    for p in range(points):
+                        x, y = locations[b, q, m, level, p].tolist()
+                        acc += weights[b, q, m, level, p].double() * _bilinear(image, x, y)
+                expected[b, q, m * dim: (m + 1) * dim] = acc
+    assert got.shape == (batch, queries, heads * dim)
+    torch.testing.assert_close(got.double(), expected, rtol=0, atol=1e-5)
+
+
+def _grid_sample_reference(value, shapes, locations, weights):
+    """The same attention with ``grid_sample`` per level (how the official pure-PyTorch path
+    computes it), as the reference for values and gradients."""
+    batch, _, heads, dim = value.shape
+    queries, levels, points = locations.shape[1], locations.shape[3], locations.shape[4]
+    sampled = []
+    for level, v in enumerate(value.split([h * w for h, w in shapes], dim=1)):
+        h, w = shapes[level]
+        image = v.permute(0, 2, 3, 1).reshape(batch * heads, dim, h, w)
+        grid = (2 * locations[:, :, :, level] - 1).transpose(1, 2).flatten(0, 1)
+        sampled.append(torch.nn.functional.grid_sample(image, grid, align_corners=False))
+    w = weights.transpose(1, 2).reshape(batch * heads, 1, queries, levels * points)
+    out = (torch.stack(sampled, -2).flatten(-2) * w).sum(-1)
+    return out.view(batch, heads * dim, queries).transpose(1, 2)
+
+
+def test_deformable_attention_gradients_equal_grid_sample_ones():
+    torch.manual_seed(2)
+    shapes = [(5, 6), (3, 3), (2, 4)]
+    value = torch.randn(2, sum(h * w for h, w in shapes), 4, 8, dtype=torch.float64)
+    locations = torch.rand(2, 7, 4, 3, 2, 2, dtype=torch.float64) * 1.2 - 0.1
+    weights = torch.rand(2, 7, 4, 3, 2, dtype=torch.float64)
+    upstream = torch.randn(2, 7, 32, dtype=torch.float64)
+    grads = []
+    for f in (multi_scale_deformable_attention, _grid_sample_reference):
+        inputs = [t.clone().requires_grad_() for t in (value, locations, weights)]
+        out = f(inputs[0], shapes, inputs[1], inputs[2])
+        (out * upstream).sum().backward()
+        grads.append([out.detach()] + [t.grad for t in inputs])
+    for ours, reference in zip(*grads):
+        torch.testing.assert_close(ours, reference, rtol=1e-9, atol=1e-9)
+
+
+def test_deformable_attention_starts_on_rings_with_uniform_weights():
+    attn = MSDeformAttn(d_model=16, n_levels=2, n_heads=4, n_points=3)
+    offsets = attn.sampling_offsets.bias.view(4, 2, 3, 2)
+    # head 0 points right, head 1 down, head 2 left, head 3 up; point p at distance p + 1
+    torch.testing.assert_close(offsets[0, 1, 2], torch.tensor([3.0, 0.0]))
+    torch.testing.assert_close(offsets[1, 0, 0], torch.tensor([0.0, 1.0]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(offsets[2, 0, 1], torch.tensor([-2.0, 0.0]), atol=1e-6, rtol=0)
+    assert attn.attention_weights.weight.abs().sum() == 0 == attn.attention_weights.bias.abs().sum()
+
+
+# ----------------------------------------------------------------------------- masked attention
+def _tiny_m2f(extra=()):
+    cfg = load_config(str(M2F_SHAPES), ["MODEL.MASK_FORMER.HIDDEN_DIM", "32",
+                                        "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32",
+                                        "MODEL.SEM_SEG_HEAD.MASK_DIM", "32",
+                                        "MODEL.MASK_FORMER.DIM_FEEDFORWARD", "64",
+                                        "MODEL.DEVICE", "cpu", *extra])
+    torch.manual_seed(0)
+    return build_model(cfg)
+
+
+def test_queries_do_not_see_positions_their_mask_hides():
+    decoder = _tiny_m2f().sem_seg_head.predictor.eval()
+    torch.manual_seed(1)
+    mask_features = torch.randn(1, 32, 16, 16)
+    logits, masks, attn_mask = decoder.predict(decoder.query_feat.weight[:, None], mask_features, (4, 4))
+    assert attn_mask.shape == (decoder.num_heads, decoder.num_queries, 16)
+    resized = torch.nn.functional.interpolate(masks, size=(4, 4), mode="bilinear", align_corners=False)
+    hidden = (resized.sigmoid() < 0.5).flatten(2)[0]
+    fully_hidden = hidden.all(-1)
+    assert torch.equal(attn_mask[0][~fully_hidden], hidden[~fully_hidden])
+    assert not attn_mask[0][fully_hidden].any()  # a query that would see nothing sees everything
+
+    # changing the memory where query 0 may not look leaves query 0's output unchanged
+    layer = decoder.transformer_cross_attention_layers[0]
+    q = decoder.query_feat.weight[:, None]
+    memory = torch.randn(16, 1, 32)
+    mask = torch.zeros(decoder.num_heads, decoder.num_queries, 16, dtype=torch.bool)
+    mask[:, 0, 5:] = True
+    changed = memory.clone()
+    changed[5:] += 10 * torch.randn(11, 1, 32)
+    out, out_changed = layer(q, memory, mask), layer(q, changed, mask)
+    torch.testing.assert_close(out[0], out_changed[0])
+    assert not torch.allclose(out[1], out_changed[1])
+
+
+def test_eval_without_auxiliary_outputs_gives_the_same_final_prediction():
+    model = _tiny_m2f().eval()
+    images = torch.randn(1, 3, 64, 96)
+    predictor = model.sem_seg_head.predictor
+    with torch.no_grad():
+        assert predictor.aux_outputs_in_eval is False  # MaskFormer turned it off for inference
+        fast = model.network(images)
+        predictor.aux_outputs_in_eval = True
+        full = model.network(images)
+    assert "aux_outputs" not in fast and len(full["aux_outputs"]) == 6
+    assert torch.equal(fast["pred_logits"], full["pred_logits"])
+    assert torch.equal(fast["pred_masks"], full["pred_masks"])
+    assert fast["pred_masks"].shape == (1, 20, 16, 24)
+
+
+# ----------------------------------------------------------------------------- recipe and rules
+def test_recipe_follows_the_transformer_decoder():
+    m2f, mf = load_config(str(M2F_SHAPES)), load_config(str(MF_SHAPES))
+    assert recipe_of(m2f).name == "mask2former" and recipe_of(mf).name == "maskformer"
+    assert num_train_points(m2f) == 2048  # set in the file
+    assert num_train_points(mf) == 0  # -1 = the family default: dense for MaskFormer
+    m2f.MODEL.MASK_FORMER.TRAIN_NUM_POINTS = -1
+    assert num_train_points(m2f) == 112 * 112
+    model = build_model(load_config(str(M2F_SHAPES), ["MODEL.DEVICE", "cpu"]))
+    assert model.criterion.mask_loss == "bce" and model.criterion.matcher.mask_cost == "bce"
+    assert model.criterion.weight_dict["loss_ce"] == 2.0 and model.criterion.matcher.cost_class == 2.0
+    assert model.inference_options.panoptic_segment_within_own_mask
+    assert model.inference_options.sem_seg_postprocess_before_inference  # panoptic is on
+
+    @TRANSFORMER_PREDICTOR_REGISTRY.register()
+    class _UserDecoderWithoutRecipe(torch.nn.Module):
+        pass
+
+    try:
+        mf.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME = "_UserDecoderWithoutRecipe"
+        assert recipe_of(mf).name == "maskformer"
+    finally:
+        TRANSFORMER_PREDICTOR_REGISTRY._obj_map.pop("_UserDecoderWithoutRecipe")
+
+
+def test_mask2former_panoptic_segment_is_won_pixels_within_its_own_mask():
+    # query 0 (thing, class 0) wins every pixel of row 0, but its own mask is >= 0.5 only on the
+    # first two; query 1 (stuff, class 1) covers row 1
+    big, small = 4.0, -4.0
+    mask_pred = torch.tensor([[[big, big, -0.1, -0.1], [small] * 4],
+                              [[-3.0] * 4, [big] * 4]])
+    mask_cls = torch.tensor([[5.0, 0.0, 0.0], [0.0, 5.0, 0.0]])
+    maskformer, _ = panoptic_inference(mask_cls, mask_pred, 2, {0}, 0.0, 0.0)
+    mask2former, info = panoptic_inference(mask_cls, mask_pred, 2, {0}, 0.0, 0.0, within_own_mask=True)
+    assert maskformer.tolist() == [[1, 1, 1, 1], [2, 2, 2, 2]]
+    assert mask2former.tolist() == [[1, 1, 0, 0], [2, 2, 2, 2]]
+    assert [s["category_id"] for s in info] == [0, 1]
+
+
+# ----------------------------------------------------------------------------- train_net
+@pytest.mark.slow
+def test_train_net_trains_the_mask2former_shapes_recipe(tmp_path):
+    """train_net.py with the Mask2Former shapes recipe: the loss goes down and the three
+    evaluators run on the model it writes."""
+    out = tmp_path / "out"
+    env = dict(os.environ, MASKFORMER_D2_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="2")
+    cmd = [sys.executable, str(REPO / "train_net.py"), "--config-file", str(M2F_SHAPES),
+           "DATASETS.SHAPES.NUM_TRAIN", "48", "DATASETS.SHAPES.NUM_VAL", "6",
+           "SOLVER.IMS_PER_BATCH", "4", "SOLVER.MAX_ITER", "40", "SOLVER.BASE_LR", "0.001",
+           "SOLVER.CHECKPOINT_PERIOD", "40", "MODEL.MASK_FORMER.HIDDEN_DIM", "64",
+           "MODEL.MASK_FORMER.DIM_FEEDFORWARD", "128", "OUTPUT_DIR", str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(out / "metrics.json") as f:
+        losses = [json.loads(line)["total_loss"] for line in f if '"total_loss"' in line]
+    assert len(losses) >= 2 and losses[-1] < 0.8 * losses[0], losses
+    assert (out / "model_final.pth").exists()
+    for key in ("sem_seg", "segm", "panoptic_seg"):
+        assert f"'{key}'" in proc.stderr + proc.stdout or key in proc.stderr + proc.stdout
