@@ -1,7 +1,10 @@
 """Weight converters: checkpoints of other code bases -> maskformer_d2 / detectron2 checkpoints.
 
 * :mod:`.hf`: a Hugging Face ``transformers`` MaskFormer (Swin or ResNet backbone) -> weights and
-  config (:func:`import_hf_maskformer`; CLI tools/convert-hf-maskformer-to-d2.py);
+  config (:func:`import_hf_maskformer`; CLI tools/convert-hf-maskformer-to-d2.py), and what both
+  HF importers share (backbone renaming, config checks, output files, command line);
+* :mod:`.hf_mask2former`: the same for a HF Mask2Former (:func:`import_hf_mask2former`; CLI
+  tools/convert-hf-mask2former-to-d2.py), whose tensors get the official Mask2Former names;
 * :mod:`.backbones`: ImageNet backbones -> detectron2 backbone ``.pkl`` files: torchvision ResNet
   (:func:`convert_torchvision_resnet`; CLI tools/convert-torchvision-to-d2.py) and official Swin
   Transformer (:func:`convert_swin`; CLI tools/convert-pretrained-swin-model-to-d2.py);
@@ -11,12 +14,14 @@
 from .backbones import convert_swin, convert_torchvision_resnet
 from .files import StateDict, read_state_dict, rename_keys, write_d2_checkpoint
 from .hf import HFImportError, config_from_hf, convert_state_dict, import_hf_maskformer
+from .hf_mask2former import import_hf_mask2former
 
 __all__ = [
     "HFImportError",
     "config_from_hf",
     "convert_state_dict",
     "import_hf_maskformer",
+    "import_hf_mask2former",
     "convert_swin",
     "convert_torchvision_resnet",
     "StateDict",

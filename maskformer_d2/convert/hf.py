@@ -9,6 +9,10 @@ backbone's last feature map, so its weights map one-to-one onto ours:
 * :func:`import_hf_maskformer` does both for a model on disk / in the HF cache and writes
   ``model_final.safetensors`` and ``config.yaml`` (tools/convert-hf-maskformer-to-d2.py is its CLI).
 
+The Mask2Former importer (:mod:`.hf_mask2former`) reuses the backbone rules (Swin in both HF
+flavours, ResNet), the backbone / preprocessor / dataset config helpers, the file writing and the
+command line (:func:`main`) defined here.
+
 Conventions that differ from the official code and that the conversion absorbs:
 
 * HF splits fused projections: Swin ``attn.qkv`` into ``query/key/value``, the decoder's
@@ -83,24 +87,31 @@ def _rule(pattern: str, target, part: Optional[str] = None) -> _Rule:
 
 
 def _swin_rules() -> List[_Rule]:
-    blk = _re(_ENC) + r"model\.encoder\.layers\.(\d+)\.blocks\.(\d+)\."
+    """HF Swin backbones -> ``D2SwinTransformer``: MaskFormer's ``maskformer-swin`` (under ``model.``)
+    and the plain ``swin`` of Mask2Former (under ``swin.``, or nothing before transformers 5), with
+    the block names of either version (``attention.self.query`` / ``attention.q_proj``, ...)."""
+    root = _re(_ENC) + r"(?:model\.|swin\.)?"
+    blk = root + r"encoder\.layers\.(\d+)\.blocks\.(\d+)\."
     ours = r"backbone.layers.\1.blocks.\2."
+    rel = r"attention\.(?:self|relative_position_bias)\."
     rules = [
-        _rule(_re(_ENC) + r"model\.embeddings\.patch_embeddings\.projection\.(weight|bias)$",
-              r"backbone.patch_embed.proj.\1"),
-        _rule(_re(_ENC) + r"model\.embeddings\.norm\.(weight|bias)$", r"backbone.patch_embed.norm.\1"),
+        _rule(root + r"embeddings\.patch_embeddings\.projection\.(weight|bias)$", r"backbone.patch_embed.proj.\1"),
+        _rule(root + r"embeddings\.norm\.(weight|bias)$", r"backbone.patch_embed.norm.\1"),
         _rule(blk + r"layernorm_before\.(weight|bias)$", ours + r"norm1.\3"),
         _rule(blk + r"layernorm_after\.(weight|bias)$", ours + r"norm2.\3"),
-        _rule(blk + r"attention\.self\.(relative_position_bias_table|relative_position_index)$", ours + r"attn.\3"),
-        _rule(blk + r"attention\.output\.dense\.(weight|bias)$", ours + r"attn.proj.\3"),
-        _rule(blk + r"intermediate\.dense\.(weight|bias)$", ours + r"mlp.fc1.\3"),
-        _rule(blk + r"output\.dense\.(weight|bias)$", ours + r"mlp.fc2.\3"),
-        _rule(_re(_ENC) + r"model\.encoder\.layers\.(\d+)\.downsample\.(reduction\.weight|norm\.weight|norm\.bias)$",
+        _rule(blk + rel + r"(relative_position_bias_table|relative_position_index)$", ours + r"attn.\3"),
+        _rule(blk + r"attention\.(?:output\.dense|o_proj)\.(weight|bias)$", ours + r"attn.proj.\3"),
+        _rule(blk + r"(?:intermediate\.dense|mlp\.fc1)\.(weight|bias)$", ours + r"mlp.fc1.\3"),
+        _rule(blk + r"(?:output\.dense|mlp\.fc2)\.(weight|bias)$", ours + r"mlp.fc2.\3"),
+        _rule(root + r"encoder\.layers\.(\d+)\.downsample\.(reduction\.weight|norm\.weight|norm\.bias)$",
               r"backbone.layers.\1.downsample.\2"),
+        # per-stage output norms: a list in maskformer-swin, "stage1".. in Swin; ours are norm0..
         _rule(_re(_ENC) + r"hidden_states_norms\.(\d+)\.(weight|bias)$", r"backbone.norm\1.\2"),
+        _rule(_re(_ENC) + r"hidden_states_norms\.stage(\d+)\.(weight|bias)$",
+              lambda m: f"backbone.norm{int(m.group(1)) - 1}.{m.group(2)}"),
     ]
-    for part, name in (("q", "query"), ("k", "key"), ("v", "value")):
-        rules.append(_rule(blk + rf"attention\.self\.{name}\.(weight|bias)$", ours + r"attn.qkv.\3", part))
+    for part, old, new in (("q", "query", "q_proj"), ("k", "key", "k_proj"), ("v", "value", "v_proj")):
+        rules.append(_rule(blk + rf"attention\.(?:self\.{old}|{new})\.(weight|bias)$", ours + r"attn.qkv.\3", part))
     return rules
 
 
@@ -163,22 +174,24 @@ def _head_rules(num_levels: int) -> List[_Rule]:
 
 
 # HF tensors with no counterpart: the unused final Swin norm, BatchNorm step counters
-_DROPPED = re.compile(r"(^" + re.escape(_ENC) + r"model\.layernorm\.|num_batches_tracked$)")
+_DROPPED = re.compile(r"(^" + re.escape(_ENC) + r"(?:model\.|swin\.)?layernorm\.|num_batches_tracked$)")
 
 
-def convert_state_dict(hf_state_dict: Dict[str, torch.Tensor], hf_config) -> "OrderedDict[str, torch.Tensor]":
-    """Rename a ``MaskFormerForInstanceSegmentation`` state dict to maskformer_d2's keys.
+def _backbone_rules(hf_config) -> List[_Rule]:
+    """The renaming rules of the config's backbone (Swin or ResNet), shared by both importers."""
+    return _swin_rules() if _backbone_kind(hf_config) == "swin" else _resnet_rules()
+
+
+def _rename_tensors(hf_state_dict: Dict[str, torch.Tensor], rules: Sequence[_Rule],
+                   variant: str) -> "OrderedDict[str, torch.Tensor]":
+    """Apply renaming ``rules`` (first match wins) to every tensor; fused q/k/v parts are concatenated.
 
     Args:
-        hf_state_dict: ``hf_model.state_dict()``.
-        hf_config: its ``MaskFormerConfig`` (selects the backbone rules and the FPN depth).
+        variant: the model's name in the error message ("MaskFormer", "Mask2Former").
 
     Raises:
         HFImportError: a tensor no rule knows (an unsupported HF variant), named in the message.
     """
-    backbone = _backbone_kind(hf_config)
-    num_levels = len(_hf_stage_channels(hf_config))
-    rules = (_swin_rules() if backbone == "swin" else _resnet_rules()) + _head_rules(num_levels)
     out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
     fused: Dict[str, Dict[str, torch.Tensor]] = {}
     unknown = []
@@ -200,12 +213,45 @@ def convert_state_dict(hf_state_dict: Dict[str, torch.Tensor], hf_config) -> "Or
     if unknown:
         raise HFImportError(
             f"{len(unknown)} Hugging Face tensors have no maskformer_d2 counterpart "
-            f"(e.g. {', '.join(unknown[:3])}); this MaskFormer variant is not supported"
+            f"(e.g. {', '.join(unknown[:3])}); this {variant} variant is not supported"
         )
     for name, parts in fused.items():
         if sorted(parts) != ["k", "q", "v"]:
             raise HFImportError(f"{name}: found only the {sorted(parts)} parts of a fused q/k/v tensor")
         out[name] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
+    return out
+
+
+def _add_swin_relative_position_index(state: "OrderedDict[str, torch.Tensor]", hf_config) -> None:
+    """Add the ``attn.relative_position_index`` buffers a HF Swin state dict may lack.
+
+    transformers 5 no longer saves them (they are a function of the window size); our Swin, like
+    the official one, keeps them in its state dict, so a strict load needs them.
+    """
+    if _backbone_kind(hf_config) != "swin":
+        return
+    from ..modeling.backbone.swin import relative_position_index
+
+    window = int(hf_config.backbone_config.window_size)
+    for key in [k for k in state if k.endswith(".attn.relative_position_bias_table")]:
+        index_key = key[: -len("relative_position_bias_table")] + "relative_position_index"
+        if index_key not in state:
+            state[index_key] = relative_position_index((window, window))
+
+
+def convert_state_dict(hf_state_dict: Dict[str, torch.Tensor], hf_config) -> "OrderedDict[str, torch.Tensor]":
+    """Rename a ``MaskFormerForInstanceSegmentation`` state dict to maskformer_d2's keys.
+
+    Args:
+        hf_state_dict: ``hf_model.state_dict()``.
+        hf_config: its ``MaskFormerConfig`` (selects the backbone rules and the FPN depth).
+
+    Raises:
+        HFImportError: a tensor no rule knows (an unsupported HF variant), named in the message.
+    """
+    num_levels = len(_hf_stage_channels(hf_config))
+    out = _rename_tensors(hf_state_dict, _backbone_rules(hf_config) + _head_rules(num_levels), "MaskFormer")
+    _add_swin_relative_position_index(out, hf_config)
     return out
 
 
@@ -217,7 +263,7 @@ def _backbone_kind(hf_config) -> str:
     if model_type == "resnet":
         return "resnet"
     raise HFImportError(
-        f"backbone {model_type!r}: only Swin and ResNet MaskFormer models can be imported"
+        f"backbone {model_type!r}: only models with a Swin or ResNet backbone can be imported"
     )
 
 
@@ -285,34 +331,62 @@ def _resnet_overrides(bb) -> Dict[str, Any]:
     }
 
 
-def _find_datasets(class_names: Sequence[str]) -> List[Tuple[str, bool]]:
-    """Registered datasets whose metadata lists exactly ``class_names``, with "has thing ids"."""
+def _levels(hf_config) -> List[str]:
+    """Our names of the backbone's stages: res2, res3, ..."""
+    return [f"res{i + 2}" for i in range(len(_hf_stage_channels(hf_config)))]
+
+
+def _backbone_overrides(hf_config) -> Dict[str, Any]:
+    """MODEL.BACKBONE / MODEL.SWIN.* or MODEL.RESNETS.* for the config's backbone."""
+    bb = hf_config.backbone_config
+    return _swin_overrides(bb) if _backbone_kind(hf_config) == "swin" else _resnet_overrides(bb)
+
+
+def _label_names(hf_config) -> List[Optional[str]]:
+    """The model's class names in class order (None where id2label lacks one)."""
+    id2label = getattr(hf_config, "id2label", None) or {}
+    return [id2label.get(i, id2label.get(str(i))) for i in range(int(hf_config.num_labels))]
+
+
+def _find_datasets(class_names: Sequence[str], fields: Sequence[str] = ("stuff_classes", "thing_classes")
+                   ) -> List[Tuple[str, bool]]:
+    """Registered datasets whose metadata lists exactly ``class_names`` in one of ``fields``, with
+    "has thing ids"."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     found = []
     for name in DatasetCatalog.list():
         meta = MetadataCatalog.get(name)
-        if any(list(meta.get(field, None) or []) == list(class_names) for field in ("stuff_classes", "thing_classes")):
+        if any(list(meta.get(field, None) or []) == list(class_names) for field in fields):
             found.append((name, meta.get("thing_dataset_id_to_contiguous_id", None) is not None))
     return found
+
+
+def _pick_datasets(found: Sequence[Tuple[str, bool]]) -> Dict[str, Any]:
+    """DATASETS.TRAIN/TEST among ``found``: datasets with thing classes first (so that instance /
+    panoptic output can be asked for), then names with "train" / "val"."""
+    train = max(found, key=lambda f: (f[1], "train" in f[0]))[0]
+    test = max(found, key=lambda f: (f[1], "val" in f[0]))[0]
+    return {"DATASETS.TRAIN": (train,), "DATASETS.TEST": (test,)}
+
+
+def _no_datasets(num_labels: int) -> Dict[str, Any]:
+    """Empty DATASETS.TRAIN/TEST, with a warning saying what that means."""
+    logger.warning(
+        "the model's %d labels match no registered dataset; DATASETS.TRAIN/TEST are left empty, so "
+        "the demo shows class numbers", num_labels,
+    )
+    return {"DATASETS.TRAIN": (), "DATASETS.TEST": ()}
 
 
 def _dataset_overrides(hf_config) -> Dict[str, Any]:
     """DATASETS.TRAIN/TEST naming a registered dataset with the model's class names (display names,
     thing classes), and PANOPTIC_ON when every such dataset is a panoptic one (e.g. COCO's 133)."""
-    id2label = getattr(hf_config, "id2label", None) or {}
-    names = [id2label.get(i, id2label.get(str(i))) for i in range(int(hf_config.num_labels))]
+    names = _label_names(hf_config)
     found = _find_datasets(names) if all(names) else []
     if not found:
-        logger.warning(
-            "the model's %d labels match no registered dataset; DATASETS.TRAIN/TEST are left empty, so "
-            "the demo shows class numbers", len(names),
-        )
-        return {"DATASETS.TRAIN": (), "DATASETS.TEST": ()}
-    # datasets with thing classes first, so that instance / panoptic output can be asked for
-    train = max(found, key=lambda f: (f[1], "train" in f[0]))[0]
-    test = max(found, key=lambda f: (f[1], "val" in f[0]))[0]
-    out: Dict[str, Any] = {"DATASETS.TRAIN": (train,), "DATASETS.TEST": (test,)}
+        return _no_datasets(len(names))
+    out = _pick_datasets(found)
     if all(has_things for _, has_things in found):  # no semantic-only dataset has these classes
         out.update({
             "MODEL.MASK_FORMER.TEST.PANOPTIC_ON": True,  # with the thresholds of the shipped configs
@@ -358,9 +432,7 @@ def config_overrides(hf_config, preprocessor: Optional[Dict[str, Any]] = None) -
     dec = hf_config.decoder_config
     _require(getattr(dec, "activation_function", "relu") == "relu",
              f"decoder activation {dec.activation_function!r}: only 'relu'")
-    kind = _backbone_kind(hf_config)
-    bb = hf_config.backbone_config
-    levels = [f"res{i + 2}" for i in range(len(_hf_stage_channels(hf_config)))]
+    levels = _levels(hf_config)
     out: Dict[str, Any] = {
         "MODEL.META_ARCHITECTURE": "MaskFormer",
         "MODEL.WEIGHTS": "",
@@ -388,19 +460,23 @@ def config_overrides(hf_config, preprocessor: Optional[Dict[str, Any]] = None) -
         "MODEL.MASK_FORMER.MASK_WEIGHT": float(hf_config.mask_weight),
         "MODEL.MASK_FORMER.SIZE_DIVISIBILITY": 32,
     }
-    out.update(_swin_overrides(bb) if kind == "swin" else _resnet_overrides(bb))
+    out.update(_backbone_overrides(hf_config))
     out.update(_preprocessor_overrides(preprocessor))
-
     out.update(_dataset_overrides(hf_config))
     return out
 
 
 def config_from_hf(hf_config, preprocessor: Optional[Dict[str, Any]] = None) -> CfgNode:
     """A full maskformer_d2 config (``get_cfg()`` + ``add_maskformer_config``) for a HF MaskFormer."""
+    return _cfg_from_overrides(config_overrides(hf_config, preprocessor))
+
+
+def _cfg_from_overrides(overrides: Dict[str, Any]) -> CfgNode:
+    """``get_cfg()`` + ``add_maskformer_config`` with ``overrides`` ("MODEL.X.Y": value) merged in."""
     cfg = get_cfg()
     add_maskformer_config(cfg)
     flat: List[Any] = []
-    for key, value in config_overrides(hf_config, preprocessor).items():
+    for key, value in overrides.items():
         flat += [key, value]
     cfg.merge_from_list(flat)
     return cfg
@@ -438,6 +514,12 @@ def import_hf_maskformer(name_or_path: str, output_dir: str) -> Tuple[str, str]:
     model = MaskFormerForInstanceSegmentation.from_pretrained(name_or_path)
     cfg = config_from_hf(model.config, _read_preprocessor(name_or_path))
     state = convert_state_dict(model.state_dict(), model.config)
+    return _write_import(state, cfg, name_or_path, output_dir)
+
+
+def _write_import(state: Dict[str, torch.Tensor], cfg: CfgNode, name_or_path: str,
+                  output_dir: str) -> Tuple[str, str]:
+    """Write ``model_final.safetensors`` and a ``config.yaml`` whose MODEL.WEIGHTS points at it."""
     os.makedirs(output_dir, exist_ok=True)
     weights = os.path.join(output_dir, "model_final.safetensors")
     write_safetensors_checkpoint(state, weights, f"huggingface:{name_or_path}", matching_heuristics=False)
@@ -446,3 +528,36 @@ def import_hf_maskformer(name_or_path: str, output_dir: str) -> Tuple[str, str]:
     with open(config, "w") as f:
         f.write(cfg.dump())
     return weights, config
+
+
+# ----------------------------------------------------------------------------- command line
+def main(argv: Optional[List[str]], doc: str, import_fn: Callable[[str, str], Tuple[str, str]],
+         variant: str) -> int:
+    """The command line of an importer: SOURCE OUTPUT_DIR -> weights + config.yaml; one error line
+    and status 1 on failure (tools/convert-hf-maskformer-to-d2.py, tools/convert-hf-mask2former-to-d2.py).
+
+    Args:
+        import_fn: :func:`import_hf_maskformer` or its Mask2Former counterpart.
+        variant: the model's name in the messages ("MaskFormer", "Mask2Former").
+    """
+    import argparse
+    import sys
+
+    from ..errors import first_line
+
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("source", help=f"HF {variant}: save_pretrained folder or hub id")
+    ap.add_argument("output_dir", help="folder for model_final.safetensors and config.yaml")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        weights, config = import_fn(args.source, args.output_dir)
+    except HFImportError as e:
+        print(f"error: {args.source}: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # not found locally nor on the hub / in the cache
+        reason = first_line(e) or type(e).__name__
+        print(f"error: {args.source}: cannot load a Hugging Face {variant} ({reason})", file=sys.stderr)
+        return 1
+    print(f"wrote {weights}\nwrote {config}")
+    return 0

@@ -1,0 +1,302 @@
+"""Import Hugging Face ``transformers`` Mask2Former models (Swin or ResNet backbone) into maskformer_d2.
+
+``Mask2FormerForUniversalSegmentation`` is the official Mask2Former: the multi-scale deformable
+attention pixel decoder (``MSDeformAttnPixelDecoder``) and the masked-attention decoder
+(``MultiScaleMaskedTransformerDecoder``); its weights map one-to-one onto the official names, which
+are ours:
+
+* :func:`convert_state_dict` renames (and, for the decoder's self-attention, concatenates) tensors;
+* :func:`config_from_hf` builds the matching detectron2 config;
+* :func:`import_hf_mask2former` does both for a model on disk / in the HF cache and writes
+  ``model_final.safetensors`` and ``config.yaml`` (tools/convert-hf-mask2former-to-d2.py is its CLI).
+
+The backbone rules, config checks, file writing and command line are those of the MaskFormer
+importer (:mod:`.hf`). Conventions that differ from the official code and that the conversion absorbs:
+
+* ``decoder_layers`` counts like the official ``DEC_LAYERS``: both build ``decoder_layers - 1``
+  layers and make one more prediction from the learnable query features, so DEC_LAYERS = decoder_layers.
+* HF splits the decoder self-attention's ``in_proj`` into ``q_proj/k_proj/v_proj`` (concatenated back
+  in q, k, v order); its cross-attention is a packed ``nn.MultiheadAttention`` like the official one.
+  Its Swin (transformers 5) splits ``attn.qkv`` likewise and no longer saves the
+  ``relative_position_index`` buffers, which are regenerated from the window size.
+* One HF decoder layer holds what the official code keeps in three lists: ``cross_attn`` and
+  ``cross_attn_layer_norm`` -> ``transformer_cross_attention_layers.i`` (``multihead_attn``, ``norm``),
+  ``self_attn`` and ``self_attn_layer_norm`` -> ``transformer_self_attention_layers.i``,
+  ``fc1/fc2/final_layer_norm`` -> ``transformer_ffn_layers.i`` (``linear1/linear2/norm``); the order of
+  computation is the same (cross-attention, self-attention, FFN). The deformable encoder layers'
+  ``self_attn_layer_norm/fc1/fc2/final_layer_norm`` are ``norm1/linear1/linear2/norm2``.
+* ``queries_features`` is the official ``query_feat`` (the decoder's initial content),
+  ``queries_embedder`` is ``query_embed`` (the query positions); ``decoder.layernorm`` is
+  ``decoder_norm``; ``mask_predictor.mask_embedder.i.0`` is ``mask_embed.layers.i``;
+  ``class_predictor`` is ``class_embed``; ``mask_projection`` is the pixel decoder's ``mask_features``.
+* Both list the pixel decoder's input projections coarsest level first (``input_projections.0``
+  reads res5) and number the FPN convs from the finest (``adapter_1`` reads res2); HF wraps each FPN
+  conv and its GroupNorm in a Sequential (``adapter_1.0``, ``adapter_1.1``), detectron2's Conv2d
+  keeps the norm inside (``adapter_1``, ``adapter_1.norm``).
+* HF takes ``pixel_values`` already normalised; see :mod:`.hf` for the PIXEL_MEAN/STD conversion.
+
+At inference HF computes the official function: the same sine positions (normalised, 2*pi, eps
+1e-6), level embeddings, deformable attention (the pure-PyTorch ``grid_sample`` path, bilinear,
+zero padding, align_corners False, 4 points on each of the 3 levels), level order (coarsest first,
+round-robin over 3 levels per decoder layer), attention masks (previous mask logits resized
+bilinearly to the next level, sigmoid < 0.5 masked, a fully masked query attends everywhere),
+FPN step and prediction heads, and its auxiliary predictions are the official ``aux_outputs``.
+Differences are float rounding (tests/test_hf_import_mask2former.py). Where HF is *not* the
+official model, in training only: ``config.dropout`` is also HF's decoder LayerDrop probability
+(whole decoder layers skipped at random; the official decoder has no LayerDrop) and the dropout
+of its decoder attention and FFN layers (the official decoder layers use 0.0; only the deformable
+encoder uses MODEL.MASK_FORMER.DROPOUT). The released models have ``dropout`` 0.0, so this does not
+show there.
+"""
+import logging
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+from detectron2.config import CfgNode
+
+from ..errors import HFImportError
+from .hf import (
+    _DEC,
+    _HEAD,
+    _TRF,
+    _add_swin_relative_position_index,
+    _backbone_overrides,
+    _backbone_rules,
+    _cfg_from_overrides,
+    _find_datasets,
+    _label_names,
+    _levels,
+    _no_datasets,
+    _pick_datasets,
+    _preprocessor_overrides,
+    _re,
+    _read_preprocessor,
+    _rename_tensors,
+    _require,
+    _Rule,
+    _rule,
+    _write_import,
+)
+
+__all__ = ["convert_state_dict", "config_overrides", "config_from_hf", "import_hf_mask2former", "HFImportError"]
+
+logger = logging.getLogger(__name__)
+
+_PD = _HEAD + "pixel_decoder."
+_PRED = _HEAD + "predictor."
+_NUM_ENCODER_LEVELS = 3  # both: the deformable encoder and the decoder use the 3 coarsest levels
+_ENCODER_FFN_DIM = 1024  # fixed in the official pixel decoder (and ours)
+
+
+# ----------------------------------------------------------------------------- key renaming
+def _pixel_decoder_rules() -> List[_Rule]:
+    dec = _re(_DEC)
+    layer = dec + r"encoder\.layers\.(\d+)\."
+    ours = _PD + r"transformer.encoder.layers.\1."
+    return [
+        _rule(dec + r"input_projections\.(\d+)\.([01])\.(weight|bias)$", _PD + r"input_proj.\1.\2.\3"),
+        _rule(dec + r"level_embed$", _PD + "transformer.level_embed"),
+        _rule(layer + r"self_attn\.(sampling_offsets|attention_weights|value_proj|output_proj)\.(weight|bias)$",
+              ours + r"self_attn.\2.\3"),
+        _rule(layer + r"self_attn_layer_norm\.(weight|bias)$", ours + r"norm1.\2"),
+        _rule(layer + r"fc1\.(weight|bias)$", ours + r"linear1.\2"),
+        _rule(layer + r"fc2\.(weight|bias)$", ours + r"linear2.\2"),
+        _rule(layer + r"final_layer_norm\.(weight|bias)$", ours + r"norm2.\2"),
+        _rule(dec + r"mask_projection\.(weight|bias)$", _PD + r"mask_features.\1"),
+        _rule(dec + r"(adapter|layer)_(\d+)\.0\.weight$", _PD + r"\1_\2.weight"),
+        _rule(dec + r"(adapter|layer)_(\d+)\.1\.(weight|bias)$", _PD + r"\1_\2.norm.\3"),
+    ]
+
+
+def _decoder_rules() -> List[_Rule]:
+    trf = _re(_TRF)
+    layer = trf + r"decoder\.layers\.(\d+)\."
+    cross, self_, ffn = (_PRED + f"transformer_{kind}_layers." + r"\1."
+                         for kind in ("cross_attention", "self_attention", "ffn"))
+    rules = [
+        _rule(trf + r"queries_features\.weight$", _PRED + "query_feat.weight"),
+        _rule(trf + r"queries_embedder\.weight$", _PRED + "query_embed.weight"),
+        _rule(trf + r"level_embed\.weight$", _PRED + "level_embed.weight"),
+        _rule(trf + r"input_projections\.(\d+)\.(weight|bias)$", _PRED + r"input_proj.\1.\2"),
+        _rule(trf + r"decoder\.layernorm\.(weight|bias)$", _PRED + r"decoder_norm.\1"),
+        _rule(trf + r"decoder\.mask_predictor\.mask_embedder\.(\d+)\.0\.(weight|bias)$",
+              _PRED + r"mask_embed.layers.\1.\2"),
+        _rule(layer + r"cross_attn\.(in_proj_weight|in_proj_bias|out_proj\.weight|out_proj\.bias)$",
+              cross + r"multihead_attn.\2"),
+        _rule(layer + r"cross_attn_layer_norm\.(weight|bias)$", cross + r"norm.\2"),
+        _rule(layer + r"self_attn\.out_proj\.(weight|bias)$", self_ + r"self_attn.out_proj.\2"),
+        _rule(layer + r"self_attn_layer_norm\.(weight|bias)$", self_ + r"norm.\2"),
+        _rule(layer + r"fc1\.(weight|bias)$", ffn + r"linear1.\2"),
+        _rule(layer + r"fc2\.(weight|bias)$", ffn + r"linear2.\2"),
+        _rule(layer + r"final_layer_norm\.(weight|bias)$", ffn + r"norm.\2"),
+        _rule(r"^class_predictor\.(weight|bias)$", _PRED + r"class_embed.\1"),
+        _rule(r"^criterion\.empty_weight$", "criterion.empty_weight"),
+    ]
+    for part in ("q", "k", "v"):
+        rules.append(_rule(layer + rf"self_attn\.{part}_proj\.(weight|bias)$", self_ + r"self_attn.in_proj_\2", part))
+    return rules
+
+
+def convert_state_dict(hf_state_dict: Dict[str, torch.Tensor], hf_config) -> Dict[str, torch.Tensor]:
+    """Rename a ``Mask2FormerForUniversalSegmentation`` state dict to the official (our) keys.
+
+    Args:
+        hf_state_dict: ``hf_model.state_dict()``.
+        hf_config: its ``Mask2FormerConfig`` (selects the backbone rules).
+
+    Raises:
+        HFImportError: a tensor no rule knows (an unsupported HF variant), named in the message.
+    """
+    rules = _backbone_rules(hf_config) + _pixel_decoder_rules() + _decoder_rules()
+    out = _rename_tensors(hf_state_dict, rules, "Mask2Former")
+    _add_swin_relative_position_index(out, hf_config)
+    return out
+
+
+# ----------------------------------------------------------------------------- config
+def _check_architecture(hf_config) -> None:
+    """Raise HFImportError for settings the official architecture (and ours) cannot express."""
+    _require(hf_config.activation_function == "relu",
+             f"decoder activation {hf_config.activation_function!r}: only 'relu'")
+    _require(int(hf_config.encoder_feedforward_dim) == _ENCODER_FFN_DIM,
+             f"encoder_feedforward_dim {hf_config.encoder_feedforward_dim}: the official pixel decoder "
+             f"is built with {_ENCODER_FFN_DIM} only")
+    _require(list(hf_config.feature_strides) == [4, 8, 16, 32],
+             f"feature_strides {list(hf_config.feature_strides)}: only [4, 8, 16, 32] (the backbone's strides)")
+    stages = list(getattr(hf_config.backbone_config, "out_features", None) or [])
+    expected = [f"stage{i + 1}" for i in range(len(_levels(hf_config)))]
+    _require(stages == expected and len(stages) > _NUM_ENCODER_LEVELS,
+             f"backbone out_features {stages}: only all 4 stages {expected} (res2-res5)")
+
+
+def _task_overrides(hf_config) -> Dict[str, Any]:
+    """DATASETS.TRAIN/TEST naming a registered dataset with the model's class names, and the
+    output tasks of the official config of that kind of model:
+
+    * the names of all classes of datasets that all have thing classes (COCO's 133 panoptic
+      classes): semantic, instance and panoptic output (official COCO panoptic configs);
+    * the names of a dataset's thing classes (COCO's 80): instance output only (official
+      instance configs);
+    * otherwise (ADE20K's 150, also the classes of a semantic-only dataset): semantic output.
+    """
+    names = _label_names(hf_config)
+    if not all(names):
+        return _no_datasets(len(names))
+    all_classes = _find_datasets(names, ("stuff_classes",))
+    if all_classes:
+        out = _pick_datasets(all_classes)
+        if all(has_things for _, has_things in all_classes):
+            out.update({"MODEL.MASK_FORMER.TEST.SEMANTIC_ON": True, "MODEL.MASK_FORMER.TEST.INSTANCE_ON": True,
+                        "MODEL.MASK_FORMER.TEST.PANOPTIC_ON": True})
+        return out
+    things = _find_datasets(names, ("thing_classes",))
+    if not things:
+        return _no_datasets(len(names))
+    from detectron2.data import MetadataCatalog
+
+    instance_only = [f for f in things if not MetadataCatalog.get(f[0]).get("stuff_classes", None)]
+    out = _pick_datasets(instance_only or things)
+    out.update({"MODEL.MASK_FORMER.TEST.SEMANTIC_ON": False, "MODEL.MASK_FORMER.TEST.INSTANCE_ON": True,
+                "MODEL.MASK_FORMER.TEST.PANOPTIC_ON": False})
+    return out
+
+
+def config_overrides(hf_config, preprocessor: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """maskformer_d2 config values (``"MODEL.X.Y": value``) equivalent to a HF ``Mask2FormerConfig``.
+
+    Args:
+        hf_config: the ``Mask2FormerConfig``.
+        preprocessor: the model's ``preprocessor_config.json`` as a dict (mean/std/test size), if any.
+
+    Raises:
+        HFImportError: a setting maskformer_d2 cannot express, named in the message.
+    """
+    _check_architecture(hf_config)
+    levels = _levels(hf_config)
+    c = hf_config
+    out: Dict[str, Any] = {
+        "MODEL.META_ARCHITECTURE": "MaskFormer",
+        "MODEL.WEIGHTS": "",
+        "INPUT.FORMAT": "RGB",
+        "MODEL.SEM_SEG_HEAD.NAME": "MaskFormerHead",
+        "MODEL.SEM_SEG_HEAD.IN_FEATURES": levels,
+        "MODEL.SEM_SEG_HEAD.NUM_CLASSES": int(c.num_labels),
+        "MODEL.SEM_SEG_HEAD.IGNORE_VALUE": int(c.ignore_value),
+        "MODEL.SEM_SEG_HEAD.CONVS_DIM": int(c.feature_size),
+        "MODEL.SEM_SEG_HEAD.MASK_DIM": int(c.mask_feature_size),
+        "MODEL.SEM_SEG_HEAD.NORM": "GN",
+        "MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME": "MSDeformAttnPixelDecoder",
+        "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES": levels[-_NUM_ENCODER_LEVELS:],
+        "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS": int(c.encoder_layers),
+        "MODEL.SEM_SEG_HEAD.COMMON_STRIDE": int(c.common_stride),
+        "MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME": "MultiScaleMaskedTransformerDecoder",
+        "MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE": "multi_scale_pixel_decoder",
+        "MODEL.MASK_FORMER.ENFORCE_INPUT_PROJ": bool(c.enforce_input_projection),
+        "MODEL.MASK_FORMER.HIDDEN_DIM": int(c.hidden_dim),
+        "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES": int(c.num_queries),
+        "MODEL.MASK_FORMER.NHEADS": int(c.num_attention_heads),
+        "MODEL.MASK_FORMER.DIM_FEEDFORWARD": int(c.dim_feedforward),
+        "MODEL.MASK_FORMER.DEC_LAYERS": int(c.decoder_layers),  # same count: decoder_layers - 1 layers
+        "MODEL.MASK_FORMER.ENC_LAYERS": 0,
+        "MODEL.MASK_FORMER.PRE_NORM": bool(c.pre_norm),
+        "MODEL.MASK_FORMER.DROPOUT": float(c.dropout),
+        "MODEL.MASK_FORMER.DEEP_SUPERVISION": bool(c.use_auxiliary_loss),
+        "MODEL.MASK_FORMER.NO_OBJECT_WEIGHT": float(c.no_object_weight),
+        "MODEL.MASK_FORMER.CLASS_WEIGHT": float(c.class_weight),
+        "MODEL.MASK_FORMER.DICE_WEIGHT": float(c.dice_weight),
+        "MODEL.MASK_FORMER.MASK_WEIGHT": float(c.mask_weight),
+        "MODEL.MASK_FORMER.TRAIN_NUM_POINTS": int(c.train_num_points),
+        "MODEL.MASK_FORMER.OVERSAMPLE_RATIO": float(c.oversample_ratio),
+        "MODEL.MASK_FORMER.IMPORTANCE_SAMPLE_RATIO": float(c.importance_sample_ratio),
+        "MODEL.MASK_FORMER.SIZE_DIVISIBILITY": 32,
+        # the thresholds of every official Mask2Former config
+        "MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD": 0.8,
+        "MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD": 0.8,
+    }
+    out.update(_backbone_overrides(hf_config))
+    out.update(_preprocessor_overrides(preprocessor))
+    out.update(_task_overrides(hf_config))
+    return out
+
+
+def config_from_hf(hf_config, preprocessor: Optional[Dict[str, Any]] = None) -> CfgNode:
+    """A full maskformer_d2 config (``get_cfg()`` + ``add_maskformer_config``) for a HF Mask2Former."""
+    return _cfg_from_overrides(config_overrides(hf_config, preprocessor))
+
+
+# ----------------------------------------------------------------------------- end to end
+# HF entries a checkpoint may lack without loss: the model computes them from its config
+_REBUILT_BY_HF = ("criterion.empty_weight", "relative_position_index", "num_batches_tracked")
+
+
+def _load_hf_model(name_or_path: str):
+    """``Mask2FormerForUniversalSegmentation.from_pretrained``, refusing other model types and
+    checkpoints that lack weights (HF would initialise them at random without failing)."""
+    from transformers import AutoConfig, Mask2FormerForUniversalSegmentation
+
+    hf_config = AutoConfig.from_pretrained(name_or_path)
+    if hf_config.model_type != "mask2former":
+        hint = "; use tools/convert-hf-maskformer-to-d2.py" if hf_config.model_type == "maskformer" else ""
+        raise HFImportError(f"a {hf_config.model_type!r} model, not a Mask2Former{hint}")
+    model, info = Mask2FormerForUniversalSegmentation.from_pretrained(
+        name_or_path, config=hf_config, output_loading_info=True)
+    missing = [k for k in info.get("missing_keys", ()) if not k.endswith(_REBUILT_BY_HF)]
+    if missing:
+        raise HFImportError(f"the checkpoint lacks {len(missing)} weights of the model "
+                            f"(e.g. {', '.join(sorted(missing)[:3])}), which would be random")
+    return model
+
+
+def import_hf_mask2former(name_or_path: str, output_dir: str) -> Tuple[str, str]:
+    """Convert a HF Mask2Former (a ``save_pretrained`` folder or a hub id already in the HF cache).
+
+    Writes ``output_dir/model_final.safetensors`` (the tensors; "__author__" in its metadata) and
+    ``output_dir/config.yaml`` (load it with ``cfg.merge_from_file`` after ``add_maskformer_config``).
+
+    Returns:
+        (weights path, config path).
+    """
+    model = _load_hf_model(name_or_path)
+    cfg = config_from_hf(model.config, _read_preprocessor(name_or_path))
+    state = convert_state_dict(model.state_dict(), model.config)
+    return _write_import(state, cfg, name_or_path, output_dir)
