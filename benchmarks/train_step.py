@@ -14,8 +14,9 @@ object (median_s, peak_rss_mb, config, torch version, threads, the first step's 
 With ``--official PATH`` (a checkout of facebookresearch/MaskFormer, outside this tree) the
 official code runs the same steps from the same weights, in alternating processes; the last JSON
 line holds ``speedup_vs_official``, ``memory_ratio_vs_official`` and the largest relative
-difference of the first step's losses (exact agreement needs ``MODEL.MASK_FORMER.DROPOUT 0.0``
-and the dense loss).
+difference of the first step's losses (exact agreement needs ``MODEL.MASK_FORMER.DROPOUT 0.0``;
+point-sampled losses agree too: the generator is seeded right before the first step and both
+draw in the same order). PATH may also be a checkout of facebookresearch/Mask2Former.
 """
 import argparse
 import statistics
@@ -68,6 +69,8 @@ def worker(args: argparse.Namespace) -> None:
     if args.parts and args.impl == C.OURS:
         time_parts(model, parts)
     times, first_losses = [], None
+    # point-sampled losses draw from torch's generator: both implementations start from here
+    torch.manual_seed(0)
     for it in range(args.warmup + args.iters):
         if it == args.warmup:
             parts.clear()
