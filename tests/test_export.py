@@ -109,6 +109,30 @@ def test_reference_models_export(case, reference_dir, tmp_path):
         runtime(torch.zeros(1, 3, 256, 288))  # another size: one line, not an ONNX Runtime failure
 
 
+def test_mask2former_reference_model_exports_at_a_fixed_size(reference_dir, tmp_path):
+    """Mask2Former (Swin, deformable pixel decoder, masked attention) through ONNX Runtime: the
+    exported graph computes our network's function; the file is for its export size only."""
+    case_dir = reference_dir / "mask2former" / "cases" / "m2f_panoptic_swin_small"
+    if not case_dir.exists():
+        pytest.skip(f"reference case {case_dir} not found")
+    cfg = get_cfg()
+    add_maskformer_config(cfg)
+    cfg.merge_from_file(str(case_dir / "config.yaml"))
+    cfg.MODEL.DEVICE = "cpu"
+    model = build_model(cfg).eval()
+    model.load_state_dict(torch.load(case_dir / "weights.pth", weights_only=True))
+    images = torch.randn(1, 3, 224, 288, generator=torch.Generator().manual_seed(0))
+    export_onnx(model, str(tmp_path / "model.onnx"), images)
+    runtime = load_runtime(str(tmp_path / "model.onnx"))
+    got = runtime(images)
+    with torch.no_grad():
+        expected = model.network(images)
+    for key in ("pred_logits", "pred_masks"):  # measured: 1.2e-6 and 4.8e-6
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-4)
+    with pytest.raises(ExportError, match="exported for 224x288 inputs only"):
+        runtime(torch.zeros(1, 3, 256, 288))
+
+
 def test_unusable_files_are_one_line_errors(exported, tmp_path):
     cfg, model, folder = exported
     with pytest.raises(ExportError, match="no such ONNX file"):

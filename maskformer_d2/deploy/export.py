@@ -4,9 +4,10 @@ What is exported is :meth:`MaskFormer.network`: (B, 3, H, W) normalised images, 
 multiple of the size divisibility -> ``pred_logits`` (B, Q, K+1) class logits and ``pred_masks``
 (B, Q, H/4, W/4) mask logits of the final decoder layer. Resizing, normalising, padding and the
 semantic / panoptic / instance post-processing stay in Python (:mod:`.runtime`), so every task
-and rendering works unchanged on an exported model. Height and width are dynamic for ResNet
-backbones; a Swin backbone's export works at the size it was exported at only (its window
-masks are traced as constants), which the file records and the runtime checks.
+and rendering works unchanged on an exported model. Height and width are dynamic for MaskFormer
+with ResNet backbones; with a Swin backbone or Mask2Former's pixel decoder the export works at
+the size it was exported at only (window masks / level shapes are traced as constants), which
+the file records and the runtime checks.
 """
 import json
 import os
@@ -47,10 +48,11 @@ class ExportableNetwork(nn.Module):
         return outputs["pred_logits"], outputs["pred_masks"]
 
     def fixed_size(self) -> bool:
-        """Whether the exported graph only works at the example's size: Swin's shifted-window
-        masks are built from Python integers of the input size, which tracing freezes."""
-        from ..modeling.backbone.swin import D2SwinTransformer
-        return isinstance(self.model.backbone, D2SwinTransformer)
+        """Whether the exported graph only works at the example's size: some modules compute
+        from Python integers of the input size, which tracing freezes (Swin's shifted-window
+        masks, the deformable attention's level shapes); they say so with a class attribute
+        ``EXPORT_FIXED_SIZE = True``."""
+        return any(getattr(m, "EXPORT_FIXED_SIZE", False) for m in self.model.modules())
 
     def metadata(self, example: Tensor) -> Dict[str, str]:
         """What a runtime needs to check a file against a config (and an input against it)."""

@@ -417,6 +417,9 @@ class D2SwinTransformer(Backbone):
     ``res2``..``res5`` maps, ``res{i+2}``: (B, embed_dim * 2**i, H / 2**(i+2), W / 2**(i+2)).
     """
 
+    # exports trace the window masks of one input size (maskformer_d2.deploy)
+    EXPORT_FIXED_SIZE = True
+
     @configurable
     def __init__(
         self,

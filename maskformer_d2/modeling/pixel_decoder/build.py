@@ -7,7 +7,7 @@ from torch import nn
 
 from ...registry import lookup
 
-__all__ = ["PIXEL_DECODER_REGISTRY", "build_pixel_decoder"]
+__all__ = ["PIXEL_DECODER_REGISTRY", "build_pixel_decoder", "head_input_shape"]
 
 PIXEL_DECODER_REGISTRY = Registry("PIXEL_DECODER")
 PIXEL_DECODER_REGISTRY.__doc__ = """
@@ -33,3 +33,16 @@ def build_pixel_decoder(cfg, input_shape: Dict[str, ShapeSpec]) -> nn.Module:
             "from it"
         )
     return decoder
+
+
+def head_input_shape(cfg, input_shape: Dict[str, ShapeSpec]) -> Dict[str, ShapeSpec]:
+    """The backbone outputs ``MODEL.SEM_SEG_HEAD.IN_FEATURES`` names, or a KeyError naming the
+    ones the backbone does not have."""
+    wanted = cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES
+    missing = [name for name in wanted if name not in input_shape]
+    if missing:
+        raise KeyError(
+            f"MODEL.SEM_SEG_HEAD.IN_FEATURES {missing} are not backbone outputs "
+            f"{sorted(input_shape)}; set IN_FEATURES to a subset of them"
+        )
+    return {k: v for k, v in input_shape.items() if k in wanted}

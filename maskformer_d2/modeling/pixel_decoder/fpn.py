@@ -14,7 +14,7 @@ from torch.nn import functional as F
 
 from ..transformer_decoder.position_encoding import PositionEmbeddingSine
 from ..transformer_decoder.transformer import TransformerEncoderOnly
-from .build import PIXEL_DECODER_REGISTRY
+from .build import PIXEL_DECODER_REGISTRY, head_input_shape
 
 __all__ = ["BasePixelDecoder", "TransformerEncoderPixelDecoder"]
 
@@ -93,14 +93,8 @@ class BasePixelDecoder(nn.Module):
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
         head = cfg.MODEL.SEM_SEG_HEAD
-        missing = [name for name in head.IN_FEATURES if name not in input_shape]
-        if missing:
-            raise KeyError(
-                f"MODEL.SEM_SEG_HEAD.IN_FEATURES {missing} are not backbone outputs "
-                f"{sorted(input_shape)}; set IN_FEATURES to a subset of them"
-            )
         return {
-            "input_shape": {k: v for k, v in input_shape.items() if k in head.IN_FEATURES},
+            "input_shape": head_input_shape(cfg, input_shape),
             "conv_dim": head.CONVS_DIM,
             "mask_dim": head.MASK_DIM,
             "norm": head.NORM,

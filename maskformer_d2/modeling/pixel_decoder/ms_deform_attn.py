@@ -44,7 +44,8 @@ def multi_scale_deformable_attention(
         (B, Lq, M * D) attended values.
     """
     inputs = (value, sampling_locations, attention_weights)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+    exporting = torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()  # GridSample is an ONNX op
+    if exporting or (torch.is_grad_enabled() and any(t.requires_grad for t in inputs)):
         return _sampled_attention(value, spatial_shapes, sampling_locations, attention_weights)
     return _gathered_attention(value, spatial_shapes, sampling_locations, attention_weights)
 

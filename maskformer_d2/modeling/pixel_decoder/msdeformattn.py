@@ -22,7 +22,7 @@ from torch.nn import functional as F
 
 from ..losses import no_autocast
 from ..transformer_decoder.position_encoding import PositionEmbeddingSine
-from .build import PIXEL_DECODER_REGISTRY
+from .build import PIXEL_DECODER_REGISTRY, head_input_shape
 from .fpn import Norm, _conv_norm
 from .ms_deform_attn import MSDeformAttn
 
@@ -131,6 +131,9 @@ class MSDeformAttnTransformerEncoderOnly(nn.Module):
 class MSDeformAttnPixelDecoder(nn.Module):
     """Backbone features -> (per-pixel embeddings, coarsest encoded level, multi-scale features)."""
 
+    # exports trace the level shapes of one input size (maskformer_d2.deploy)
+    EXPORT_FIXED_SIZE = True
+
     @configurable
     def __init__(
         self,
@@ -195,12 +198,8 @@ class MSDeformAttnPixelDecoder(nn.Module):
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
         head = cfg.MODEL.SEM_SEG_HEAD
-        missing = [name for name in head.IN_FEATURES if name not in input_shape]
-        if missing:
-            raise KeyError(f"MODEL.SEM_SEG_HEAD.IN_FEATURES {missing} are not backbone outputs "
-                           f"{sorted(input_shape)}; set IN_FEATURES to a subset of them")
         return {
-            "input_shape": {k: v for k, v in input_shape.items() if k in head.IN_FEATURES},
+            "input_shape": head_input_shape(cfg, input_shape),
             "conv_dim": head.CONVS_DIM,
             "mask_dim": head.MASK_DIM,
             "norm": head.NORM,

@@ -248,6 +248,6 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         masks = torch.einsum("bqc,bchw->bqhw", self.mask_embed(decoded), mask_features)
         resized = F.interpolate(masks, size=attn_size, mode="bilinear", align_corners=False)
         hidden = (resized.sigmoid() < 0.5).flatten(2).detach()  # (B, Q, h*w)
-        hidden[hidden.all(-1)] = False
+        hidden = hidden & ~hidden.all(-1, keepdim=True)
         attn_mask = hidden.repeat_interleave(self.num_heads, dim=0)  # (B * heads, Q, h*w)
         return logits, masks, attn_mask
