@@ -94,24 +94,41 @@ def test_reference_models_export(case, reference_dir, tmp_path):
         for key in ("pred_logits", "pred_masks"):
             torch.testing.assert_close(got[key][0], torch.from_numpy(expected[key]), rtol=0, atol=1e-4)
         return
-    # Swin: exported at one size (the tracer cannot export its window masks at 96x128, where a
-    # shift region is empty); compared with our PyTorch model, which the parity tests tie to the
-    # official one
-    images = torch.randn(1, 3, 224, 288, generator=torch.Generator().manual_seed(0))
-    export_onnx(model, str(tmp_path / "model.onnx"), images)
+    # Swin: exported at one size, run at others (its shifted-window masks are computed in the
+    # graph from the input size); compared with our PyTorch model, which the parity tests tie to
+    # the official one
+    _assert_export_runs_at_every_size(model, tmp_path)
+
+
+def _assert_export_runs_at_every_size(model, tmp_path):
+    g = torch.Generator().manual_seed(0)
+    export_onnx(model, str(tmp_path / "model.onnx"), torch.randn(1, 3, 224, 288, generator=g))
     runtime = load_runtime(str(tmp_path / "model.onnx"))
-    got = runtime(images)
-    with torch.no_grad():
-        expected = model.network(images)
-    for key in ("pred_logits", "pred_masks"):
-        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-4)
-    with pytest.raises(ExportError, match="exported for 224x288 inputs only"):
-        runtime(torch.zeros(1, 3, 256, 288))  # another size: one line, not an ONNX Runtime failure
+    for size in [(224, 288), (256, 320), (96, 128), (320, 224)]:
+        images = torch.randn(1, 3, *size, generator=g)
+        got = runtime(images)
+        with torch.no_grad():
+            expected = model.network(images)
+        for key in ("pred_logits", "pred_masks"):  # measured: <= 1.5e-6 and <= 4.5e-6
+            torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-4)
 
 
-def test_mask2former_reference_model_exports_at_a_fixed_size(reference_dir, tmp_path):
-    """Mask2Former (Swin, deformable pixel decoder, masked attention) through ONNX Runtime: the
-    exported graph computes our network's function; the file is for its export size only."""
+def test_a_size_frozen_export_refuses_other_sizes_in_one_line(tmp_path):
+    """A module whose traced graph only fits the export size says so (EXPORT_FIXED_SIZE); the file
+    records the size and the runtime refuses another one in one line."""
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg()).eval()
+    model.backbone.EXPORT_FIXED_SIZE = True
+    export_onnx(model, str(tmp_path / "model.onnx"), torch.zeros(1, 3, 64, 96))
+    runtime = load_runtime(str(tmp_path / "model.onnx"))
+    assert runtime(torch.zeros(1, 3, 64, 96))["pred_logits"].shape[0] == 1
+    with pytest.raises(ExportError, match="exported for 64x96 inputs only"):
+        runtime(torch.zeros(1, 3, 96, 96))
+
+
+def test_mask2former_reference_model_exports_at_any_size(reference_dir, tmp_path):
+    """Mask2Former (Swin, deformable pixel decoder, masked attention) through ONNX Runtime at the
+    export size and at others: the exported graph computes our network's function."""
     case_dir = reference_dir / "mask2former" / "cases" / "m2f_panoptic_swin_small"
     if not case_dir.exists():
         pytest.skip(f"reference case {case_dir} not found")
@@ -121,16 +138,7 @@ def test_mask2former_reference_model_exports_at_a_fixed_size(reference_dir, tmp_
     cfg.MODEL.DEVICE = "cpu"
     model = build_model(cfg).eval()
     model.load_state_dict(torch.load(case_dir / "weights.pth", weights_only=True))
-    images = torch.randn(1, 3, 224, 288, generator=torch.Generator().manual_seed(0))
-    export_onnx(model, str(tmp_path / "model.onnx"), images)
-    runtime = load_runtime(str(tmp_path / "model.onnx"))
-    got = runtime(images)
-    with torch.no_grad():
-        expected = model.network(images)
-    for key in ("pred_logits", "pred_masks"):  # measured: 1.2e-6 and 4.8e-6
-        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-4)
-    with pytest.raises(ExportError, match="exported for 224x288 inputs only"):
-        runtime(torch.zeros(1, 3, 256, 288))
+    _assert_export_runs_at_every_size(model, tmp_path)
 
 
 def test_unusable_files_are_one_line_errors(exported, tmp_path):

@@ -4,10 +4,12 @@ What is exported is :meth:`MaskFormer.network`: (B, 3, H, W) normalised images, 
 multiple of the size divisibility -> ``pred_logits`` (B, Q, K+1) class logits and ``pred_masks``
 (B, Q, H/4, W/4) mask logits of the final decoder layer. Resizing, normalising, padding and the
 semantic / panoptic / instance post-processing stay in Python (:mod:`.runtime`), so every task
-and rendering works unchanged on an exported model. Height and width are dynamic for MaskFormer
-with ResNet backbones; with a Swin backbone or Mask2Former's pixel decoder the export works at
-the size it was exported at only (window masks / level shapes are traced as constants), which
-the file records and the runtime checks.
+and rendering works unchanged on an exported model. Height and width are dynamic (any multiple of
+the size divisibility) for every built-in model, MaskFormer and Mask2Former, ResNet and Swin:
+sizes computed in the network (Swin's shifted-window masks, the deformable attention's level
+shapes) are computed with traced tensor arithmetic. A module of your own whose traced graph
+fits only the export size says so with ``EXPORT_FIXED_SIZE = True``; the file then records that
+size and the runtime refuses others.
 """
 import json
 import os
@@ -48,10 +50,9 @@ class ExportableNetwork(nn.Module):
         return outputs["pred_logits"], outputs["pred_masks"]
 
     def fixed_size(self) -> bool:
-        """Whether the exported graph only works at the example's size: some modules compute
-        from Python integers of the input size, which tracing freezes (Swin's shifted-window
-        masks, the deformable attention's level shapes); they say so with a class attribute
-        ``EXPORT_FIXED_SIZE = True``."""
+        """Whether the exported graph only works at the example's size: a module whose forward
+        turns the input size into Python constants (which tracing freezes) says so with an
+        attribute ``EXPORT_FIXED_SIZE = True`` (none of the built-in ones does)."""
         return any(getattr(m, "EXPORT_FIXED_SIZE", False) for m in self.model.modules())
 
     def metadata(self, example: Tensor) -> Dict[str, str]:

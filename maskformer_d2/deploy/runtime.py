@@ -23,9 +23,9 @@ def _check_size(path: str, metadata: Dict, images: Tensor) -> None:
     fixed = metadata.get("fixed_size")
     if fixed and list(images.shape[-2:]) != list(fixed):
         raise ExportError(
-            f"{path}: exported for {fixed[0]}x{fixed[1]} inputs only (a Swin backbone's window "
-            f"masks are fixed at export), got {images.shape[-2]}x{images.shape[-1]}; export at "
-            f"your padded input size (export_model.py --height/--width)")
+            f"{path}: exported for {fixed[0]}x{fixed[1]} inputs only (a module of the model fixes "
+            f"its sizes at export: EXPORT_FIXED_SIZE), got {images.shape[-2]}x{images.shape[-1]}; "
+            f"export at your padded input size (export_model.py --height/--width)")
 
 
 def _check_metadata(path: str, metadata: Dict, model: nn.Module) -> None:

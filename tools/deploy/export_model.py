@@ -23,7 +23,7 @@ def main(argv=None) -> int:
     ap.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
     ap.add_argument("--output", required=True, metavar="DIR")
     ap.add_argument("--height", type=int, default=256, help="example input height (rounded up to "
-                    "the size divisibility; the only size a Swin export accepts)")
+                    "the size divisibility; the export accepts other sizes too)")
     ap.add_argument("--width", type=int, default=320, help="example input width (likewise)")
     ap.add_argument("--allow-unsafe-pickle", action="store_true",
                     help="load MODEL.WEIGHTS files that hold arbitrary Python objects (trusted files only)")

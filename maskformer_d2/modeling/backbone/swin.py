@@ -11,7 +11,6 @@ Token layout: inside a stage features travel as ``(B, H*W, C)`` tokens in row-ma
 outputs are returned as ``(B, C, H, W)`` maps named ``res2`` .. ``res5`` (strides 4 .. 32).
 """
 
-import math
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
@@ -366,8 +365,9 @@ class BasicLayer(nn.Module):
             itself when there is no merging --, H', W').
         """
         ws = self.window_size
+        # integer arithmetic (not math.ceil) keeps the sizes symbolic when traced for export
         attn_mask = shifted_window_attention_mask(
-            math.ceil(height / ws) * ws, math.ceil(width / ws) * ws, ws, self.shift_size, x.device
+            (height + ws - 1) // ws * ws, (width + ws - 1) // ws * ws, ws, self.shift_size, x.device
         )
         for blk in self.blocks:
             if self.use_checkpoint and x.requires_grad:
@@ -416,9 +416,6 @@ class D2SwinTransformer(Backbone):
     :attr:`size_divisibility` (32) give exact strides. Output: dict of the requested
     ``res2``..``res5`` maps, ``res{i+2}``: (B, embed_dim * 2**i, H / 2**(i+2), W / 2**(i+2)).
     """
-
-    # exports trace the window masks of one input size (maskformer_d2.deploy)
-    EXPORT_FIXED_SIZE = True
 
     @configurable
     def __init__(

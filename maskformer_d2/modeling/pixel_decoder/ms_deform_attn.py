@@ -55,14 +55,15 @@ def _sampled_attention(value: Tensor, spatial_shapes: Sequence[Tuple[int, int]],
     """:func:`multi_scale_deformable_attention` with ``grid_sample`` on each level."""
     batch, _, heads, dim = value.shape
     _, num_queries, _, levels, points, _ = sampling_locations.shape
-    per_level = value.split([h * w for h, w in spatial_shapes], dim=1)
     # grid_sample coordinates are in [-1, 1]; (B, Lq, M, L, P, 2) -> (B*M, L, Lq, P, 2)
     grids = (2 * sampling_locations - 1).permute(0, 2, 3, 1, 4, 5).flatten(0, 1)
-    sampled = [
-        F.grid_sample(v.permute(0, 2, 3, 1).reshape(batch * heads, dim, h, w), grids[:, level],
-                      mode="bilinear", padding_mode="zeros", align_corners=False)
-        for level, (v, (h, w)) in enumerate(zip(per_level, spatial_shapes))
-    ]  # each (B*M, D, Lq, P)
+    sampled, start = [], 0
+    for level, (h, w) in enumerate(spatial_shapes):
+        # slicing (not split) keeps the sizes symbolic when traced for export
+        v = value[:, start:start + h * w].permute(0, 2, 3, 1).reshape(batch * heads, dim, h, w)
+        start = start + h * w
+        sampled.append(F.grid_sample(v, grids[:, level], mode="bilinear", padding_mode="zeros",
+                                     align_corners=False))  # (B*M, D, Lq, P)
     weights = attention_weights.permute(0, 2, 1, 3, 4).reshape(batch * heads, 1, num_queries,
                                                                 levels * points)
     out = (torch.cat(sampled, dim=-1) * weights).sum(-1)  # (B*M, D, Lq)
@@ -185,9 +186,10 @@ class MSDeformAttn(nn.Module):
         offsets = self.sampling_offsets(query).view(*shape, 2)
         weights = self.attention_weights(query).view(*shape[:3], self.n_levels * self.n_points)
         weights = F.softmax(weights, -1).view(shape)
-        # offsets are in pixels of their level: normalise by (w_l, h_l)
-        normalizer = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=offsets.dtype,
-                                  device=offsets.device)
+        # offsets are in pixels of their level: normalise by (w_l, h_l) (stacked, not
+        # torch.tensor(...), so that traced sizes stay symbolic in an export)
+        normalizer = torch.stack([torch.stack([torch.as_tensor(w), torch.as_tensor(h)])
+                                  for h, w in spatial_shapes]).to(offsets)
         locations = (reference_points[:, :, None, :, None, :]
                      + offsets / normalizer[None, None, None, :, None, :])
         out = multi_scale_deformable_attention(value, spatial_shapes, locations, weights)

@@ -123,16 +123,16 @@ class MSDeformAttnTransformerEncoderOnly(nn.Module):
         pos = torch.cat([p.flatten(2).transpose(1, 2) + self.level_embed[i].view(1, 1, -1)
                          for i, p in enumerate(pos_embeds)], 1)
         tokens = self.encoder(tokens, pos, shapes)
-        maps = tokens.split([h * w for h, w in shapes], dim=1)
-        return [m.transpose(1, 2).reshape(m.shape[0], -1, h, w) for m, (h, w) in zip(maps, shapes)]
+        maps, start = [], 0
+        for h, w in shapes:  # slicing (not split) keeps traced sizes symbolic in an export
+            maps.append(tokens[:, start:start + h * w].transpose(1, 2).reshape(tokens.shape[0], -1, h, w))
+            start = start + h * w
+        return maps
 
 
 @PIXEL_DECODER_REGISTRY.register()
 class MSDeformAttnPixelDecoder(nn.Module):
     """Backbone features -> (per-pixel embeddings, coarsest encoded level, multi-scale features)."""
-
-    # exports trace the level shapes of one input size (maskformer_d2.deploy)
-    EXPORT_FIXED_SIZE = True
 
     @configurable
     def __init__(
