@@ -2,7 +2,8 @@
 """Inference time and peak memory of a config on one synthetic image, on the machine it runs on.
 
     python benchmarks/inference.py --config-file configs/ade20k-150/maskformer_R50_bs16_160k.yaml \
-        --size 512 --iters 10 [--backend torch|onnxruntime [--onnx FILE]] [--threads N] [--profile] [KEY VALUE ...]
+        --size 512 --iters 10 [--backend torch|onnxruntime|openvino|openvino-bf16 [--onnx FILE]]
+        [--threads N] [--profile] [KEY VALUE ...]
 
 The model has random weights (nothing is downloaded); the image is size x size. The last line
 printed is one JSON object (median_s, peak_rss_mb, config, torch version, threads).
@@ -97,7 +98,8 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def attach_exported(args: argparse.Namespace, model) -> None:
-    """Run ``model``'s network with ONNX Runtime: from ``--onnx`` or exported here first."""
+    """Run ``model``'s network with ONNX Runtime or OpenVINO: from ``--onnx`` or exported here
+    first."""
     import tempfile
 
     from maskformer_d2.deploy import attach_runtime, export_onnx
@@ -106,15 +108,18 @@ def attach_exported(args: argparse.Namespace, model) -> None:
     if not path:
         path = os.path.join(tempfile.mkdtemp(prefix="mf_onnx_"), "model.onnx")
         export_onnx(model, path, example_input(model, args.size, args.size))
-    attach_runtime(model, path, threads=args.threads)
+    attach_runtime(model, path, threads=args.threads, engine=args.backend)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     C.add_common_arguments(ap, DEFAULT_CONFIG)
-    ap.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
-                    help="onnxruntime: the network runs in ONNX Runtime (--onnx FILE, or exported "
-                         "from the config and weights first); pre/post-processing as in torch")
+    ap.add_argument("--backend", choices=["torch", "onnxruntime", "openvino", "openvino-bf16"],
+                    default="torch",
+                    help="onnxruntime / openvino: the network runs in that engine (--onnx FILE, or "
+                         "exported from the config and weights first); pre/post-processing as in "
+                         "torch. openvino-bf16: OpenVINO in bf16 (a CPU's bf16 matrix units where it "
+                         "has them; changes the logits)")
     ap.add_argument("--onnx", metavar="FILE", help="an export of tools/deploy/export_model.py")
     ap.add_argument("--profile", action="store_true", help="print the torch profiler's top operators")
     C.pass_through("--backend", "--onnx")

@@ -10,7 +10,13 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 from maskformer_d2 import add_maskformer_config
-from maskformer_d2.deploy import attach_runtime, export_onnx, export_torchscript, load_runtime
+from maskformer_d2.deploy import (
+    OpenVinoNetwork,
+    attach_runtime,
+    export_onnx,
+    export_torchscript,
+    load_runtime,
+)
 from maskformer_d2.errors import ExportError
 from maskformer_d2.tasks import set_enabled_tasks
 
@@ -33,6 +39,7 @@ def exported(tmp_path_factory):
     folder = tmp_path_factory.mktemp("export")
     export_onnx(model, str(folder / "model.onnx"))
     export_torchscript(model, str(folder / "model.ts"))
+    assert not model.training  # exporting leaves the model as it was
     return cfg, model, folder
 
 
@@ -41,10 +48,11 @@ def _images(*shapes):
     return [torch.randn(1, 3, h, w, generator=g) for h, w in shapes]
 
 
-@pytest.mark.parametrize("name", ["model.onnx", "model.ts"])
-def test_exported_network_gives_the_pytorch_logits_at_two_sizes(exported, name):
+@pytest.mark.parametrize("name,engine", [("model.onnx", "onnxruntime"), ("model.onnx", "openvino"),
+                                         ("model.ts", None)])
+def test_exported_network_gives_the_pytorch_logits_at_two_sizes(exported, name, engine):
     cfg, model, folder = exported
-    runtime = load_runtime(str(folder / name))
+    runtime = load_runtime(str(folder / name), engine=engine or "onnxruntime")
     for images in _images((64, 96), (96, 128)):  # the second size is not the export's
         with torch.no_grad():
             expected = model.network(images)
@@ -139,6 +147,22 @@ def test_mask2former_reference_model_exports_at_any_size(reference_dir, tmp_path
     model = build_model(cfg).eval()
     model.load_state_dict(torch.load(case_dir / "weights.pth", weights_only=True))
     _assert_export_runs_at_every_size(model, tmp_path)
+
+
+def test_openvino_in_bf16_runs_the_same_network_approximately(exported):
+    """OpenVINO's bf16 precision (fast on CPUs with bf16 units) is an approximation: the class
+    logits stay close, and an unknown engine or precision is one line."""
+    cfg, model, folder = exported
+    images = _images((64, 96))[0]
+    with torch.no_grad():
+        expected = model.network(images)
+    got = load_runtime(str(folder / "model.onnx"), engine="openvino-bf16")(images)
+    assert got["pred_masks"].shape == expected["pred_masks"].shape
+    torch.testing.assert_close(got["pred_logits"], expected["pred_logits"], rtol=0, atol=0.25)
+    with pytest.raises(ExportError, match="ONNX engine 'tensorrt': choose from"):
+        load_runtime(str(folder / "model.onnx"), engine="tensorrt")
+    with pytest.raises(ExportError, match="precision 'fp8'"):
+        OpenVinoNetwork(str(folder / "model.onnx"), precision="fp8")
 
 
 def test_unusable_files_are_one_line_errors(exported, tmp_path):

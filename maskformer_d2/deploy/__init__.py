@@ -1,6 +1,13 @@
-"""Deployment: export a MaskFormer network to ONNX / TorchScript and run it with ONNX Runtime."""
+"""Deployment: export a MaskFormer network to ONNX / TorchScript and run it with ONNX Runtime
+(or OpenVINO)."""
 from .export import ExportableNetwork, export_onnx, export_torchscript
-from .runtime import OnnxRuntimeNetwork, TorchScriptNetwork, attach_runtime, load_runtime
+from .runtime import (
+    OnnxRuntimeNetwork,
+    OpenVinoNetwork,
+    TorchScriptNetwork,
+    attach_runtime,
+    load_runtime,
+)
 
 __all__ = ["ExportableNetwork", "export_onnx", "export_torchscript", "OnnxRuntimeNetwork",
-           "TorchScriptNetwork", "attach_runtime", "load_runtime"]
+           "OpenVinoNetwork", "TorchScriptNetwork", "attach_runtime", "load_runtime"]

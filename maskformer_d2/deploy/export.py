@@ -38,7 +38,10 @@ class ExportableNetwork(nn.Module):
             raise ExportError(
                 f"{type(model).__name__} cannot be exported: only MaskFormer models "
                 "(MODEL.META_ARCHITECTURE: MaskFormer) have an exportable network")
-        self.model = model.eval()
+        self.model = model
+        # in eval mode itself: the exporters put a module back into the mode it had, and a
+        # wrapper left in training mode would switch the caller's model to training
+        self.eval()
 
     def forward(self, images: Tensor) -> Tuple[Tensor, Tensor]:
         outputs = self.model.network(images)

@@ -1,4 +1,4 @@
-"""Running an exported network (ONNX Runtime, or TorchScript) inside a MaskFormer model.
+"""Running an exported network (ONNX Runtime or OpenVINO, or TorchScript) inside a MaskFormer model.
 
 :func:`attach_runtime` makes ``model`` (built from the same config, in eval mode) send its
 normalised, padded images to the exported file instead of its own backbone and head; the
@@ -16,7 +16,8 @@ from torch import Tensor, nn
 from ..errors import ExportError, first_line
 from .export import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES
 
-__all__ = ["OnnxRuntimeNetwork", "TorchScriptNetwork", "attach_runtime", "load_runtime"]
+__all__ = ["OnnxRuntimeNetwork", "OpenVinoNetwork", "TorchScriptNetwork", "attach_runtime",
+           "load_runtime", "ONNX_ENGINES"]
 
 
 def _check_size(path: str, metadata: Dict, images: Tensor) -> None:
@@ -74,6 +75,65 @@ class OnnxRuntimeNetwork:
                 "pred_masks": torch.from_numpy(masks).to(images.device)}
 
 
+class OpenVinoNetwork:
+    """An ONNX file run by OpenVINO on the CPU, with :meth:`MaskFormer.network`'s contract.
+
+    OpenVINO is optional (``pip install openvino``). On CPUs with bf16 matrix units (e.g. Intel
+    AMX) its default precision is bf16, which changes logits by up to ~0.1; ``precision="f32"``
+    (the default here) keeps the exported network's fp32 results.
+
+    Args:
+        path: a ``model.onnx`` written by :func:`~maskformer_d2.deploy.export.export_onnx`.
+        threads: inference threads (0: OpenVINO's default).
+        precision: "f32" or "bf16" (OpenVINO's ``INFERENCE_PRECISION_HINT``).
+    """
+
+    def __init__(self, path: str, threads: int = 0, precision: str = "f32"):
+        if not os.path.isfile(path):
+            raise ExportError(f"{path}: no such ONNX file")
+        if precision not in ("f32", "bf16"):
+            raise ExportError(f"OpenVINO precision {precision!r}: use 'f32' or 'bf16'")
+        try:
+            import openvino
+        except ImportError:
+            raise ExportError("the OpenVINO engine needs the openvino package (pip install "
+                              "openvino)") from None
+        import onnx
+        try:
+            proto = onnx.load(path, load_external_data=False)
+            core = openvino.Core()
+            config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision}
+            if threads:
+                config["INFERENCE_NUM_THREADS"] = threads
+            self.compiled = core.compile_model(core.read_model(path), "CPU", config)
+        except Exception as e:
+            raise ExportError(f"{path}: not a readable ONNX model ({first_line(e)})") from None
+        inputs = [i.get_any_name() for i in self.compiled.inputs]
+        outputs = [o.get_any_name() for o in self.compiled.outputs]
+        if inputs != [INPUT_NAME] or outputs[:2] != list(OUTPUT_NAMES):
+            raise ExportError(f"{path}: not a maskformer_d2 export (inputs/outputs {inputs} -> "
+                              f"{outputs})")
+        props = {p.key: p.value for p in proto.metadata_props}
+        self.metadata = json.loads(props.get(METADATA_KEY, "{}"))
+        self.path = path
+
+    def __call__(self, images: Tensor) -> Dict[str, Tensor]:
+        _check_size(self.path, self.metadata, images)
+        array = np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
+        result = self.compiled([array])
+        logits, masks = (result[self.compiled.outputs[i]] for i in range(2))
+        return {"pred_logits": torch.from_numpy(np.array(logits)).to(images.device),
+                "pred_masks": torch.from_numpy(np.array(masks)).to(images.device)}
+
+
+#: what runs an .onnx file: engine name -> factory(path, threads)
+ONNX_ENGINES = {
+    "onnxruntime": OnnxRuntimeNetwork,
+    "openvino": OpenVinoNetwork,
+    "openvino-bf16": lambda path, threads: OpenVinoNetwork(path, threads, precision="bf16"),
+}
+
+
 class TorchScriptNetwork:
     """A traced ``model.ts`` (:func:`~maskformer_d2.deploy.export.export_torchscript`)."""
 
@@ -95,19 +155,24 @@ class TorchScriptNetwork:
         return {"pred_logits": logits, "pred_masks": masks}
 
 
-def load_runtime(path: str, threads: int = 0):
-    """The runtime of an exported file, chosen by its extension (.onnx or .ts)."""
+def load_runtime(path: str, threads: int = 0, engine: str = "onnxruntime"):
+    """The runtime of an exported file, chosen by its extension (.onnx or .ts); ``engine`` runs
+    .onnx files (see :data:`ONNX_ENGINES`)."""
     if path.endswith(".onnx"):
-        return OnnxRuntimeNetwork(path, threads)
+        if engine not in ONNX_ENGINES:
+            raise ExportError(f"ONNX engine {engine!r}: choose from {sorted(ONNX_ENGINES)}")
+        return ONNX_ENGINES[engine](path, threads)
     if path.endswith(".ts") or path.endswith(".pt"):
         return TorchScriptNetwork(path)
     raise ExportError(f"{path}: an exported model ends in .onnx (ONNX Runtime) or .ts (TorchScript)")
 
 
-def attach_runtime(model: nn.Module, path: str, threads: int = 0) -> nn.Module:
-    """``model`` (eval mode) running its network from the exported file ``path``; checks that
-    the file was exported for the same number of classes and size divisibility."""
-    runtime = load_runtime(path, threads)
+def attach_runtime(model: nn.Module, path: str, threads: int = 0,
+                   engine: str = "onnxruntime") -> nn.Module:
+    """``model`` (eval mode) running its network from the exported file ``path`` (with
+    ``engine`` for .onnx files); checks that the file was exported for the same number of
+    classes and size divisibility."""
+    runtime = load_runtime(path, threads, engine)
     _check_metadata(path, runtime.metadata, model)
     model.runtime = runtime
     return model.eval()
