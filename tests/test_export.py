@@ -83,9 +83,8 @@ def test_task_outputs_of_the_exported_network_equal_pytorch(exported, name):
     assert (a.pred_masks != b.pred_masks).float().mean() < 1e-3
 
 
-@pytest.mark.parametrize("case", ["semantic_r18_small", "panoptic_swin_tiny_small"])
-def test_reference_models_export(case, reference_dir, tmp_path):
-    case_dir = reference_dir / "cases" / case
+def _reference_model(case_dir: Path):
+    """The model of an official reference case with its weights (skips when the case is absent)."""
     if not case_dir.exists():
         pytest.skip(f"reference case {case_dir} not found")
     cfg = get_cfg()
@@ -94,6 +93,13 @@ def test_reference_models_export(case, reference_dir, tmp_path):
     cfg.MODEL.DEVICE = "cpu"
     model = build_model(cfg).eval()
     model.load_state_dict(torch.load(case_dir / "weights.pth", weights_only=True))
+    return model
+
+
+@pytest.mark.parametrize("case", ["semantic_r18_small", "panoptic_swin_tiny_small"])
+def test_reference_models_export(case, reference_dir, tmp_path):
+    case_dir = reference_dir / "cases" / case
+    model = _reference_model(case_dir)
     image = torch.from_numpy(np.load(case_dir / "input.npz")["image"])
     images = model.preprocess_image([{"image": image}]).tensor.contiguous()
     if "swin" not in case:  # against the official outputs directly
@@ -137,15 +143,7 @@ def test_a_size_frozen_export_refuses_other_sizes_in_one_line(tmp_path):
 def test_mask2former_reference_model_exports_at_any_size(reference_dir, tmp_path):
     """Mask2Former (Swin, deformable pixel decoder, masked attention) through ONNX Runtime at the
     export size and at others: the exported graph computes our network's function."""
-    case_dir = reference_dir / "mask2former" / "cases" / "m2f_panoptic_swin_small"
-    if not case_dir.exists():
-        pytest.skip(f"reference case {case_dir} not found")
-    cfg = get_cfg()
-    add_maskformer_config(cfg)
-    cfg.merge_from_file(str(case_dir / "config.yaml"))
-    cfg.MODEL.DEVICE = "cpu"
-    model = build_model(cfg).eval()
-    model.load_state_dict(torch.load(case_dir / "weights.pth", weights_only=True))
+    model = _reference_model(reference_dir / "mask2former" / "cases" / "m2f_panoptic_swin_small")
     _assert_export_runs_at_every_size(model, tmp_path)
 
 
