@@ -247,3 +247,24 @@ def test_demo_runs_an_official_mask2former_config_unchanged(tmp_path):
     drawn = cv2.imread(str(tmp_path / "out.png"))
     assert drawn.shape[1] == 3 * 128 and drawn.shape[0] > 96  # semantic | instance | panoptic
     assert "panoptic segment" in proc.stderr
+
+
+def test_checkpoints_with_the_pre_rename_query_name_load(tmp_path):
+    """Early official Mask2Former checkpoints call the query features ``static_query``; they load
+    through the checkpointer into ``query_feat``."""
+    import pickle
+
+    from maskformer_d2.checkpoint import MaskFormerCheckpointer
+
+    source = _tiny_m2f()
+    state = {k: v.numpy() for k, v in source.state_dict().items()}
+    state["sem_seg_head.predictor.static_query.weight"] = state.pop(
+        "sem_seg_head.predictor.query_feat.weight")
+    with open(tmp_path / "old.pkl", "wb") as f:
+        pickle.dump({"model": state, "__author__": "official"}, f)
+    target = _tiny_m2f()
+    with torch.no_grad():
+        target.sem_seg_head.predictor.query_feat.weight.zero_()
+    MaskFormerCheckpointer(target).load(str(tmp_path / "old.pkl"))
+    assert torch.equal(target.sem_seg_head.predictor.query_feat.weight,
+                       source.sem_seg_head.predictor.query_feat.weight)
