@@ -286,7 +286,7 @@ def panoptic_inference(
         won_area, own_area = mask.sum().item(), own.sum().item()
         if within_own_mask:
             mask &= own
-        if won_area == 0 or own_area == 0 or (within_own_mask and not mask.any()):
+        if own_area == 0 or not mask.any():  # (mask is empty when it won nothing)
             continue
         if won_area / own_area < overlap_threshold:
             continue

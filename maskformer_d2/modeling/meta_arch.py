@@ -97,7 +97,7 @@ class MaskFormer(nn.Module):
         # output is on, and keeps only thing classes in instance output only with panoptic on
         resize_first = recipe.resize_masks_first_for_panoptic_or_instance and (
             test.PANOPTIC_ON or test.INSTANCE_ON)
-        instance_things_only = not (recipe.instance_things_only_with_panoptic and not test.PANOPTIC_ON)
+        instance_things_only = test.PANOPTIC_ON or not recipe.instance_things_only_with_panoptic
         return {
             "backbone": backbone,
             "sem_seg_head": build_sem_seg_head(cfg, backbone.output_shape()),

@@ -83,10 +83,10 @@ def _gathered_attention(value: Tensor, spatial_shapes: Sequence[Tuple[int, int]]
     batch, size, heads, dim = value.shape
     num_queries = sampling_locations.shape[1]
     dtype, device = value.dtype, value.device
-    hs = torch.tensor([h for h, _ in spatial_shapes], dtype=dtype, device=device)[:, None]  # (L, 1)
-    ws = torch.tensor([w for _, w in spatial_shapes], dtype=dtype, device=device)[:, None]
-    areas = [h * w for h, w in spatial_shapes]
-    starts = torch.tensor([sum(areas[:i]) for i in range(len(areas))], dtype=dtype, device=device)
+    shapes = torch.tensor(spatial_shapes, dtype=torch.int32, device=device)  # (L, 2) = (h, w)
+    hs, ws = shapes[:, :1].to(dtype), shapes[:, 1:].to(dtype)  # (L, 1)
+    areas = shapes[:, 0] * shapes[:, 1]
+    starts = areas.cumsum(0) - areas  # (L,) first row of each level
     # per (image, head, query, level, point); pixel centres at integer coordinates
     loc = sampling_locations.permute(0, 2, 1, 3, 4, 5)
     px, py = loc[..., 0] * ws - 0.5, loc[..., 1] * hs - 0.5
@@ -102,14 +102,14 @@ def _gathered_attention(value: Tensor, spatial_shapes: Sequence[Tuple[int, int]]
     weights = (attn[..., None] * wy)[..., :, None] * wx[..., None, :]  # (..., 2 rows, 2 columns)
     # rows of the value table: (image, head) block + level start + y * w + x, each corner clamped
     # into its level (a corner outside has weight 0; any row of the level stands in for it)
-    w_int = torch.tensor([w for _, w in spatial_shapes], dtype=torch.int32, device=device)[:, None]
+    w_int = shapes[:, 1:]  # (L, 1)
     first = (torch.arange(batch * heads, dtype=torch.int32, device=device).view(batch, heads, 1, 1, 1)
-             * size + starts.to(torch.int32)[:, None])  # (B, M, 1, L, 1)
+             * size + starts[:, None])  # (B, M, 1, L, 1)
     top_left = first + y0.to(torch.int32) * w_int + x0.to(torch.int32)
     corner = torch.stack((torch.zeros_like(w_int), torch.ones_like(w_int), w_int, w_int + 1), -1)
     index = top_left[..., None, None] + corner.view(-1, 1, 2, 2)
-    area = torch.tensor(areas, dtype=torch.int32, device=device).view(-1, 1, 1, 1)
-    index = torch.clamp(index, first[..., None, None], first[..., None, None] + area - 1)
+    first = first[..., None, None]
+    index = torch.clamp(index, first, first + areas.view(-1, 1, 1, 1) - 1)
     table = value.permute(0, 2, 1, 3).reshape(batch * heads * size, dim)  # row = (b, m, s)
     out = F.embedding_bag(index.flatten(3).flatten(0, 2), table, mode="sum",
                           per_sample_weights=weights.flatten(3).flatten(0, 2))

@@ -22,6 +22,7 @@ from torch.nn import functional as F
 
 from ..losses import no_autocast
 from ..transformer_decoder.position_encoding import PositionEmbeddingSine
+from ..transformer_decoder.transformer import _xavier_init
 from .build import PIXEL_DECODER_REGISTRY, head_input_shape
 from .fpn import Norm, _conv_norm
 from .ms_deform_attn import MSDeformAttn
@@ -101,9 +102,7 @@ class MSDeformAttnTransformerEncoderOnly(nn.Module):
             for _ in range(num_encoder_layers)
         )
         self.level_embed = nn.Parameter(torch.empty(num_feature_levels, d_model))
-        for p in self.parameters():
-            if p.dim() > 1:
-                nn.init.xavier_uniform_(p)
+        _xavier_init(self)
         for m in self.modules():
             if isinstance(m, MSDeformAttn):
                 m._reset_parameters()

@@ -20,19 +20,10 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .position_encoding import PositionEmbeddingSine
+from .transformer import _image_to_sequence, _with_pos, _xavier_init
 from .transformer_predictor import MLP, TRANSFORMER_PREDICTOR_REGISTRY
 
 __all__ = ["SelfAttentionLayer", "CrossAttentionLayer", "FFNLayer", "MultiScaleMaskedTransformerDecoder"]
-
-
-def _with_pos(x: Tensor, pos: Optional[Tensor]) -> Tensor:
-    return x if pos is None else x + pos
-
-
-def _xavier(module: nn.Module) -> None:
-    for p in module.parameters():
-        if p.dim() > 1:
-            nn.init.xavier_uniform_(p)
 
 
 class _NormResidual(nn.Module):
@@ -55,7 +46,7 @@ class SelfAttentionLayer(_NormResidual):
     def __init__(self, d_model: int, nhead: int, normalize_before: bool = False):
         super().__init__(d_model, normalize_before)
         self.self_attn = nn.MultiheadAttention(d_model, nhead)
-        _xavier(self)
+        _xavier_init(self)
 
     def forward(self, tgt: Tensor, query_pos: Optional[Tensor] = None) -> Tensor:
         """(Q, B, C) -> (Q, B, C)"""
@@ -71,7 +62,7 @@ class CrossAttentionLayer(_NormResidual):
     def __init__(self, d_model: int, nhead: int, normalize_before: bool = False):
         super().__init__(d_model, normalize_before)
         self.multihead_attn = nn.MultiheadAttention(d_model, nhead)
-        _xavier(self)
+        _xavier_init(self)
 
     def forward(self, tgt: Tensor, memory: Tensor, memory_mask: Optional[Tensor] = None,
                 pos: Optional[Tensor] = None, query_pos: Optional[Tensor] = None) -> Tensor:
@@ -94,7 +85,7 @@ class FFNLayer(_NormResidual):
         super().__init__(d_model, normalize_before)
         self.linear1 = nn.Linear(d_model, dim_feedforward)
         self.linear2 = nn.Linear(dim_feedforward, d_model)
-        _xavier(self)
+        _xavier_init(self)
 
     def forward(self, tgt: Tensor) -> Tensor:
         return self.residual(tgt, lambda x: self.linear2(F.relu(self.linear1(x))))
@@ -213,8 +204,8 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
                              f"feature levels, got {len(x)}")
         sizes = [tuple(level.shape[-2:]) for level in x]
         # (h*w, B, C) per level
-        pos = [self.pe_layer(level).flatten(2).permute(2, 0, 1) for level in x]
-        src = [(proj(level).flatten(2) + self.level_embed.weight[i][None, :, None]).permute(2, 0, 1)
+        pos = [_image_to_sequence(self.pe_layer(level)) for level in x]
+        src = [_image_to_sequence(proj(level)) + self.level_embed.weight[i]
                for i, (proj, level) in enumerate(zip(self.input_proj, x))]
         batch = src[0].shape[1]
         query_pos = self.query_embed.weight.unsqueeze(1).repeat(1, batch, 1)
