@@ -7,7 +7,7 @@ the predictor, the demo and the evaluators work as they do in PyTorch.
 """
 import json
 import os
-from typing import Dict
+from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -40,7 +40,36 @@ def _check_metadata(path: str, metadata: Dict, model: nn.Module) -> None:
                 f"export it again from this config (tools/deploy/export_model.py)")
 
 
-class OnnxRuntimeNetwork:
+class _OnnxNetwork:
+    """What the engines that run an exported ``model.onnx`` share: the file and name checks, the
+    metadata, and :meth:`MaskFormer.network`'s contract around the engine's own ``_run``."""
+
+    def __init__(self, path: str):
+        if not os.path.isfile(path):
+            raise ExportError(f"{path}: no such ONNX file")
+        self.path = path
+        self.metadata: Dict = {}
+
+    def _check_names(self, inputs: List[str], outputs: List[str]) -> None:
+        if inputs != [INPUT_NAME] or outputs[:2] != list(OUTPUT_NAMES):
+            raise ExportError(f"{self.path}: not a maskformer_d2 export (inputs/outputs {inputs} "
+                              f"-> {outputs})")
+
+    def _read_metadata(self, props: Dict[str, str]) -> None:
+        self.metadata = json.loads(props.get(METADATA_KEY, "{}"))
+
+    def _run(self, array: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def __call__(self, images: Tensor) -> Dict[str, Tensor]:
+        _check_size(self.path, self.metadata, images)
+        array = np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
+        logits, masks = self._run(array)
+        return {"pred_logits": torch.from_numpy(np.asarray(logits)).to(images.device),
+                "pred_masks": torch.from_numpy(np.asarray(masks)).to(images.device)}
+
+
+class OnnxRuntimeNetwork(_OnnxNetwork):
     """An ONNX file run by ONNX Runtime on the CPU, with :meth:`MaskFormer.network`'s contract.
 
     Args:
@@ -49,8 +78,7 @@ class OnnxRuntimeNetwork:
     """
 
     def __init__(self, path: str, threads: int = 0):
-        if not os.path.isfile(path):
-            raise ExportError(f"{path}: no such ONNX file")
+        super().__init__(path)
         import onnxruntime as ort
         options = ort.SessionOptions()
         if threads:
@@ -59,28 +87,21 @@ class OnnxRuntimeNetwork:
             self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         except Exception as e:
             raise ExportError(f"{path}: not a readable ONNX model ({first_line(e)})") from None
-        names = [o.name for o in self.session.get_outputs()]
-        if [i.name for i in self.session.get_inputs()] != [INPUT_NAME] or names[:2] != list(OUTPUT_NAMES):
-            raise ExportError(f"{path}: not a maskformer_d2 export (inputs/outputs "
-                              f"{[i.name for i in self.session.get_inputs()]} -> {names})")
-        props = self.session.get_modelmeta().custom_metadata_map
-        self.metadata = json.loads(props.get(METADATA_KEY, "{}"))
-        self.path = path
+        self._check_names([i.name for i in self.session.get_inputs()],
+                          [o.name for o in self.session.get_outputs()])
+        self._read_metadata(self.session.get_modelmeta().custom_metadata_map)
 
-    def __call__(self, images: Tensor) -> Dict[str, Tensor]:
-        _check_size(self.path, self.metadata, images)
-        array = np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
+    def _run(self, array: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         logits, masks = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: array})
-        return {"pred_logits": torch.from_numpy(logits).to(images.device),
-                "pred_masks": torch.from_numpy(masks).to(images.device)}
+        return logits, masks
 
 
-class OpenVinoNetwork:
+class OpenVinoNetwork(_OnnxNetwork):
     """An ONNX file run by OpenVINO on the CPU, with :meth:`MaskFormer.network`'s contract.
 
-    OpenVINO is optional (``pip install openvino``). On CPUs with bf16 matrix units (e.g. Intel
-    AMX) its default precision is bf16, which changes logits by up to ~0.1; ``precision="f32"``
-    (the default here) keeps the exported network's fp32 results.
+    On CPUs with bf16 matrix units (e.g. Intel AMX) OpenVINO's default precision is bf16, which
+    changes logits by up to ~0.1; ``precision="f32"`` (the default here) keeps the exported
+    network's fp32 results.
 
     Args:
         path: a ``model.onnx`` written by :func:`~maskformer_d2.deploy.export.export_onnx`.
@@ -89,17 +110,17 @@ class OpenVinoNetwork:
     """
 
     def __init__(self, path: str, threads: int = 0, precision: str = "f32"):
-        if not os.path.isfile(path):
-            raise ExportError(f"{path}: no such ONNX file")
+        super().__init__(path)
         if precision not in ("f32", "bf16"):
             raise ExportError(f"OpenVINO precision {precision!r}: use 'f32' or 'bf16'")
         try:
             import openvino
         except ImportError:
-            raise ExportError("the OpenVINO engine needs the openvino package (pip install "
-                              "openvino)") from None
+            raise ExportError("the OpenVINO engine needs the openvino package (the set-up "
+                              "installs it: make setup)") from None
         import onnx
         try:
+            # OpenVINO does not expose an ONNX file's metadata; onnx reads it
             proto = onnx.load(path, load_external_data=False)
             core = openvino.Core()
             config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision}
@@ -108,22 +129,13 @@ class OpenVinoNetwork:
             self.compiled = core.compile_model(core.read_model(path), "CPU", config)
         except Exception as e:
             raise ExportError(f"{path}: not a readable ONNX model ({first_line(e)})") from None
-        inputs = [i.get_any_name() for i in self.compiled.inputs]
-        outputs = [o.get_any_name() for o in self.compiled.outputs]
-        if inputs != [INPUT_NAME] or outputs[:2] != list(OUTPUT_NAMES):
-            raise ExportError(f"{path}: not a maskformer_d2 export (inputs/outputs {inputs} -> "
-                              f"{outputs})")
-        props = {p.key: p.value for p in proto.metadata_props}
-        self.metadata = json.loads(props.get(METADATA_KEY, "{}"))
-        self.path = path
+        self._check_names([i.get_any_name() for i in self.compiled.inputs],
+                          [o.get_any_name() for o in self.compiled.outputs])
+        self._read_metadata({p.key: p.value for p in proto.metadata_props})
 
-    def __call__(self, images: Tensor) -> Dict[str, Tensor]:
-        _check_size(self.path, self.metadata, images)
-        array = np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
+    def _run(self, array: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         result = self.compiled([array])
-        logits, masks = (result[self.compiled.outputs[i]] for i in range(2))
-        return {"pred_logits": torch.from_numpy(np.array(logits)).to(images.device),
-                "pred_masks": torch.from_numpy(np.array(masks)).to(images.device)}
+        return result[self.compiled.outputs[0]], result[self.compiled.outputs[1]]
 
 
 #: what runs an .onnx file: engine name -> factory(path, threads)
