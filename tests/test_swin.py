@@ -22,6 +22,7 @@ from maskformer_d2.config import add_maskformer_config
 from maskformer_d2.modeling.backbone.swin import (
     D2SwinTransformer,
     PatchMerging,
+    WindowAttention,
     drop_path,
     relative_position_index,
     shifted_window_attention_mask,
@@ -211,9 +212,24 @@ def test_shifted_window_mask_separates_wrapped_regions():
     assert torch.equal(mask[0], torch.zeros(4, 4))  # top-left window: one region
     # top-right window holds columns 2 and 3 = two regions split left/right
     same = torch.tensor([[1, 0, 1, 0], [0, 1, 0, 1], [1, 0, 1, 0], [0, 1, 0, 1]], dtype=torch.bool)
-    assert torch.equal(mask[1], torch.where(same, 0.0, -100.0))
+    assert torch.equal(mask[1], torch.where(same, 0.0, float("-inf")))
     # bottom-right window: four regions, tokens only see themselves
-    assert torch.equal(mask[3], torch.where(torch.eye(4, dtype=torch.bool), 0.0, -100.0))
+    assert torch.equal(mask[3], torch.where(torch.eye(4, dtype=torch.bool), 0.0, float("-inf")))
+
+
+def test_minus_inf_mask_gives_the_official_minus_100_outputs():
+    # the official code adds -100 across regions; in float32 that weight is subnormal or too small
+    # to change a sum, so the attention outputs are the same bit for bit
+    torch.manual_seed(0)
+    attn = WindowAttention(dim=96, window_size=7, num_heads=3).eval()
+    mask = shifted_window_attention_mask(21, 21, window_size=7, shift_size=3)  # 9 windows
+    x = torch.randn(2 * 9, 49, 96) * 3
+    with torch.no_grad():
+        ours = attn(x, mask)
+        official = attn(x, mask.masked_fill(mask.isinf(), -100.0))
+        unmasked = attn(x, torch.zeros_like(mask))
+    assert torch.equal(ours, official)
+    assert not torch.allclose(ours, unmasked)  # the mask does change the outputs
 
 
 def test_window_partition_order_and_inverse():
