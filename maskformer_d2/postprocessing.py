@@ -22,6 +22,8 @@ from torch import Tensor
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import BitMasks, Boxes, Instances
 
+from .large_tensors import empty_large
+
 __all__ = [
     "InferenceOptions",
     "ImagePrediction",
@@ -217,7 +219,7 @@ def upsampled_semantic_inference(mask_cls: Tensor, low_res_mask_pred: Tensor,
                                   align_corners=False)[0]
         return semantic_inference(mask_cls, upsampled)
     probs_t = class_probabilities(mask_cls).t().contiguous()  # (K, Q)
-    scores = low_res_mask_pred.new_empty((probs_t.shape[0], height, width))
+    scores = empty_large((probs_t.shape[0], height, width), like=low_res_mask_pred)
     for start in range(0, h, rows_per_chunk):
         stop = min(start + rows_per_chunk, h)
         lo, hi = max(start - 1, 0), min(stop + 1, h)

@@ -1,10 +1,15 @@
 """The faster inference paths compute what the straightforward ones do."""
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
+from detectron2.layers import Conv2d
 from detectron2.modeling import build_model
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 
+from maskformer_d2.large_tensors import advise_huge_pages, empty_large
+from maskformer_d2.modeling.mask_logits import DeferredProjection, is_linear_conv, mask_logits
 from maskformer_d2.postprocessing import (
     ImagePrediction,
     InferenceOptions,
@@ -94,3 +99,100 @@ def test_maskformer_inference_skips_the_earlier_layers_predictions():
     assert "aux_outputs" not in final_only and len(every_layer["aux_outputs"]) == 2
     for key in ("pred_logits", "pred_masks"):
         torch.testing.assert_close(final_only[key], every_layer[key], rtol=0, atol=1e-6)
+
+
+def _deferred(in_channels=16, mask_dim=32, seed=0):
+    torch.manual_seed(seed)
+    conv = Conv2d(in_channels, mask_dim, kernel_size=3, padding=1)
+    features = torch.randn(2, in_channels, 12, 20).to(memory_format=torch.channels_last)
+    return DeferredProjection(features, conv)
+
+
+def test_composed_mask_conv_equals_the_conv_then_the_product():
+    deferred = _deferred()
+    embed = torch.randn(1, 2, 5, 32)  # (L, B, Q, mask_dim): 5 masks < 32 channels
+    assert deferred.cheaper_composed(5) and not deferred.cheaper_composed(6 * 100)
+    with torch.no_grad():
+        expected = torch.einsum("lbqc,bchw->lbqhw", embed, deferred.conv(deferred.features))
+        got = mask_logits(embed, deferred)
+    assert got.shape == (1, 2, 5, 12, 20) and got.is_contiguous()
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(got, expected)  # really computed another way (summation order)
+    many = torch.randn(6, 2, 100, 32)  # 600 masks > 32 channels: the embeddings are computed
+    with torch.no_grad():
+        assert torch.equal(mask_logits(many, deferred), torch.einsum(
+            "lbqc,bchw->lbqhw", many, deferred.conv(deferred.features)))
+
+
+def test_an_exported_graph_keeps_the_two_steps():
+    deferred = _deferred()
+    embed = torch.randn(1, 2, 5, 32)
+    class Masks(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = deferred.conv
+
+        def forward(self, e, f):
+            return mask_logits(e, DeferredProjection(f, self.conv))
+
+    with torch.no_grad():
+        traced = torch.jit.trace(Masks(), (embed, deferred.features), check_trace=False)
+    ops = {node.kind() for node in traced.inlined_graph.nodes()}
+    assert "aten::einsum" in ops and "aten::_convolution" in ops
+    with torch.no_grad():
+        torch.testing.assert_close(traced(embed, deferred.features), mask_logits(embed, deferred),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_only_a_plain_same_size_conv_is_composed():
+    assert is_linear_conv(Conv2d(8, 8, kernel_size=3, padding=1))
+    assert is_linear_conv(Conv2d(8, 8, kernel_size=1))
+    assert not is_linear_conv(Conv2d(8, 8, kernel_size=3, padding=1, norm=torch.nn.GroupNorm(2, 8)))
+    assert not is_linear_conv(Conv2d(8, 8, kernel_size=3, padding=1, activation=F.relu))
+    assert not is_linear_conv(Conv2d(8, 8, kernel_size=3, padding=1, stride=2))
+    assert not is_linear_conv(Conv2d(8, 8, kernel_size=3))  # output smaller than the input
+
+
+def test_the_predictor_gets_the_deferred_conv_in_eval_only():
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg())
+    predictor = model.sem_seg_head.predictor
+    seen = []
+    predictor.register_forward_pre_hook(lambda module, args: seen.append(type(args[1])))
+    features = model.backbone(torch.randn(1, 3, 64, 96))
+    model.sem_seg_head(features)
+    with torch.no_grad():
+        model.eval()
+        out = model.sem_seg_head(features)
+        predictor.accepts_deferred_mask_features = False  # the two-step path, for comparison
+        two_steps = model.sem_seg_head(features)
+    assert seen == [torch.Tensor, DeferredProjection, torch.Tensor]
+    torch.testing.assert_close(out["pred_masks"], two_steps["pred_masks"], rtol=1e-5, atol=1e-5)
+
+
+def _anon_huge_kib(start: int, stop: int) -> int:
+    """AnonHugePages of the mappings overlapping [start, stop) in this process."""
+    inside, huge = False, 0
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            first = line.split()[0]
+            if "-" in first and ":" not in first:
+                lo, hi = (int(x, 16) for x in first.split("-"))
+                inside = lo < stop and start < hi
+            elif inside and first == "AnonHugePages:":
+                huge += int(line.split()[1])
+    return huge
+
+
+def test_large_outputs_are_allocated_on_huge_pages_where_the_kernel_offers_them():
+    small = empty_large((10, 10), like=torch.zeros(1))
+    assert small.shape == (10, 10) and small.dtype == torch.float32
+    assert not advise_huge_pages(small)  # too small to hold a whole 2 MiB page
+    thp = "/sys/kernel/mm/transparent_hugepage/enabled"
+    if not os.path.exists(thp) or "[never]" in open(thp).read():
+        pytest.skip("transparent huge pages are off on this machine")
+    big = empty_large((16, 1024, 1024), like=torch.zeros(1, dtype=torch.float64), dtype=torch.float32)
+    assert big.shape == (16, 1024, 1024) and big.dtype == torch.float32
+    big.fill_(1.5)
+    assert _anon_huge_kib(big.data_ptr(), big.data_ptr() + 64 * 2**20) >= 2048
+    assert float(big.sum()) == 1.5 * big.numel()

@@ -86,11 +86,26 @@ def decode_and_predict(
 ) -> Dict[str, object]:
     """Run the pixel decoder, then the transformer predictor on its chosen input.
 
+    In eval mode, when the pixel decoder can hand over its final conv uncomputed and the
+    predictor can use that (``supports_deferred_mask_features`` / ``accepts_deferred_mask_features``),
+    the per-pixel embeddings are left for the predictor to compose with its mask embeddings
+    (see :mod:`maskformer_d2.modeling.mask_logits`).
+
     Returns:
         the predictor's output dict: "pred_masks" (B, Q, H/4, W/4), "pred_logits" (B, Q, K+1)
         with mask classification, "aux_outputs" with deep supervision.
     """
-    mask_features, encoder_features, *multi_scale = pixel_decoder.forward_features(features)
+    deferred = (
+        not predictor.training
+        and transformer_in_feature != PIXEL_EMBEDDING
+        and getattr(pixel_decoder, "supports_deferred_mask_features", False)
+        and getattr(predictor, "accepts_deferred_mask_features", False)
+    )
+    if deferred:
+        mask_features, encoder_features, *multi_scale = pixel_decoder.forward_features(
+            features, deferred=True)
+    else:
+        mask_features, encoder_features, *multi_scale = pixel_decoder.forward_features(features)
     x = predictor_input(transformer_in_feature, features, encoder_features, mask_features,
                         multi_scale[0] if multi_scale else None)
     return predictor(x, mask_features)

@@ -12,6 +12,7 @@ from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ..mask_logits import DeferredProjection, is_linear_conv
 from ..transformer_decoder.position_encoding import PositionEmbeddingSine
 from ..transformer_decoder.transformer import TransformerEncoderOnly
 from .build import PIXEL_DECODER_REGISTRY, head_input_shape
@@ -54,6 +55,9 @@ class BasePixelDecoder(nn.Module):
     its lateral ``adapter_i(x_i)`` to the nearest-upsampled coarser result and applies
     ``layer_i``.
     """
+
+    # forward_features(features, deferred=True) may hand over the final conv uncomputed
+    supports_deferred_mask_features = True
 
     @configurable
     def __init__(
@@ -115,14 +119,18 @@ class BasePixelDecoder(nn.Module):
         """
         return getattr(self, self._coarsest_layer_name)(x), None
 
-    def forward_features(self, features: Dict[str, Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
+    def forward_features(
+        self, features: Dict[str, Tensor], deferred: bool = False
+    ) -> Tuple[Union[Tensor, DeferredProjection], Optional[Tensor]]:
         """
         Args:
             features: backbone features by name, at least ``self.in_features``.
+            deferred: return the final conv and its input instead of its output (when that conv
+                is a plain one), for :func:`~maskformer_d2.modeling.mask_logits.mask_logits`.
 
         Returns:
             mask_features: (B, mask_dim, H/4, W/4) per-pixel embeddings (at the finest input
-                stride);
+                stride), or their :class:`DeferredProjection`;
             transformer_encoder_features: (B, conv_dim, H/32, W/32) or None.
         """
         y, encoder_features = self.forward_coarsest(features[self.in_features[-1]])
@@ -130,6 +138,8 @@ class BasePixelDecoder(nn.Module):
             lateral = getattr(self, f"adapter_{level}")(features[self.in_features[level - 1]])
             y = lateral + F.interpolate(y, size=lateral.shape[-2:], mode="nearest")
             y = getattr(self, f"layer_{level}")(y)
+        if deferred and is_linear_conv(self.mask_features):
+            return DeferredProjection(y, self.mask_features), encoder_features
         return self.mask_features(y), encoder_features
 
     def forward(self, features: Dict[str, Tensor]) -> Tuple[Tensor, Optional[Tensor]]:

@@ -3,10 +3,9 @@
 The mask of a query is the dot product of its mask embedding with every per-pixel embedding
 produced by the pixel decoder.
 """
-from typing import Dict, Optional
+from typing import Dict, Optional, Union
 
 import fvcore.nn.weight_init as weight_init
-import torch
 from detectron2.config import configurable
 from detectron2.layers import Conv2d
 from detectron2.utils.registry import Registry
@@ -14,6 +13,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ...registry import lookup
+from ..mask_logits import DeferredProjection, mask_logits
 from .position_encoding import PositionEmbeddingSine
 from .transformer import Transformer
 
@@ -65,6 +65,9 @@ class TransformerPredictor(nn.Module):
     ``query_embed``, ``input_proj`` (absent when it would be an identity), ``class_embed`` (only
     with mask classification), ``mask_embed.layers.{0,1,2}``.
     """
+
+    # forward() takes the pixel decoder's DeferredProjection as well as the embeddings themselves
+    accepts_deferred_mask_features = True
 
     @configurable
     def __init__(
@@ -151,11 +154,12 @@ class TransformerPredictor(nn.Module):
             "enforce_input_project": mf.ENFORCE_INPUT_PROJ,
         }
 
-    def forward(self, x: Tensor, mask_features: Tensor) -> Dict[str, object]:
+    def forward(self, x: Tensor, mask_features: Union[Tensor, DeferredProjection]) -> Dict[str, object]:
         """
         Args:
             x: (B, in_channels, h, w) features the queries attend to (e.g. res5, stride 32).
-            mask_features: (B, mask_dim, H/4, W/4) per-pixel embeddings from the pixel decoder.
+            mask_features: (B, mask_dim, H/4, W/4) per-pixel embeddings from the pixel decoder,
+                or their :class:`~maskformer_d2.modeling.mask_logits.DeferredProjection`.
 
         Returns:
             dict with
@@ -170,7 +174,7 @@ class TransformerPredictor(nn.Module):
         # hs: (L, B, Q, C), L = decoder layers with deep supervision, else 1
         if not (self.training or self.aux_outputs_in_eval):
             hs = hs[-1:]
-        masks = torch.einsum("lbqc,bchw->lbqhw", self.mask_embed(hs), mask_features)
+        masks = mask_logits(self.mask_embed(hs), mask_features)
         logits = self.class_embed(hs) if self.mask_classification else None
         per_layer = [self._layer_output(logits, masks, i) for i in range(hs.shape[0])]
         out = per_layer[-1]
