@@ -23,6 +23,7 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import BitMasks, Boxes, Instances
 
 from .large_tensors import empty_large
+from .separable_resize import linear_resize_matrix, resize_rows, resize_width
 
 __all__ = [
     "InferenceOptions",
@@ -192,44 +193,35 @@ def semantic_inference(mask_cls: Tensor, mask_pred: Tensor) -> Tensor:
 
 
 def upsampled_semantic_inference(mask_cls: Tensor, low_res_mask_pred: Tensor,
-                                 size: Tuple[int, int], rows_per_chunk: int = 8) -> Tensor:
+                                 size: Tuple[int, int], rows_per_chunk: int = 32) -> Tensor:
     """``semantic_inference(mask_cls, upsample(low_res_mask_pred, size))`` without holding the
-    (Q, H, W) upsampled masks: a band of rows at a time is upsampled, passed through the
-    sigmoid and summed over queries while it is still in the cache.
+    (Q, H, W) upsampled masks.
 
-    A band of output rows is computed from the input rows it needs plus one row on each side,
-    so with an integer power-of-two ratio (stride 4 predictions at the padded size) every
-    upsampled value equals the whole-image one bit for bit; for any other ratio the whole
-    image is upsampled at once.
+    The bilinear upsampling is separable (:mod:`maskformer_d2.separable_resize`): the masks are
+    resized along the width once, (Q, h, W), then along the height a band of output rows at a
+    time; each band goes through the sigmoid and is summed over queries while it is still in
+    the cache. Equal to the whole-image computation within float rounding.
 
     Args:
         mask_cls: (Q, K+1) class logits.
         low_res_mask_pred: (Q, h, w) mask logits.
         size: (H, W) output size (bilinear, align_corners False).
-        rows_per_chunk: input rows per band.
+        rows_per_chunk: output rows per band.
 
     Returns:
         (K, H, W) scores.
     """
     (q, h, _), (height, width) = low_res_mask_pred.shape, size
-    ratio = height // h
-    exact_bands = height == ratio * h and ratio > 0 and ratio & (ratio - 1) == 0 and h > rows_per_chunk
-    if not exact_bands:
-        upsampled = F.interpolate(low_res_mask_pred[None], size=size, mode="bilinear",
-                                  align_corners=False)[0]
-        return semantic_inference(mask_cls, upsampled)
     probs_t = class_probabilities(mask_cls).t().contiguous()  # (K, Q)
+    along_width = resize_width(low_res_mask_pred, width)  # (Q, h, W)
+    height_matrix = linear_resize_matrix(h, height, low_res_mask_pred)
     scores = empty_large((probs_t.shape[0], height, width), like=low_res_mask_pred)
-    for start in range(0, h, rows_per_chunk):
-        stop = min(start + rows_per_chunk, h)
-        lo, hi = max(start - 1, 0), min(stop + 1, h)
-        band = F.interpolate(low_res_mask_pred[None, :, lo:hi], size=(ratio * (hi - lo), width),
-                             mode="bilinear", align_corners=False)[0]
-        band = band[:, ratio * (start - lo): ratio * (stop - lo)].sigmoid_()  # (Q, r*rows, W)
-        rows = scores[:, ratio * start: ratio * stop].view(probs_t.shape[0], -1)  # a view
-        torch.mm(probs_t, band.reshape(q, -1), out=rows)
+    for top in range(0, height, rows_per_chunk):
+        bottom = min(top + rows_per_chunk, height)
+        band = resize_rows(along_width, height_matrix, top, bottom).sigmoid_()  # (Q, rows, W)
+        rows = scores[:, top:bottom].view(probs_t.shape[0], -1)  # a view
+        torch.mm(probs_t, band.view(q, -1), out=rows)
     return scores
-
 
 
 def panoptic_inference(

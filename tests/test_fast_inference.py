@@ -10,6 +10,7 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 
 from maskformer_d2.large_tensors import advise_huge_pages, empty_large
 from maskformer_d2.modeling.mask_logits import DeferredProjection, is_linear_conv, mask_logits
+from maskformer_d2.separable_resize import linear_resize_matrix, resize_rows, resize_width
 from maskformer_d2.postprocessing import (
     ImagePrediction,
     InferenceOptions,
@@ -196,3 +197,15 @@ def test_large_outputs_are_allocated_on_huge_pages_where_the_kernel_offers_them(
     big.fill_(1.5)
     assert _anon_huge_kib(big.data_ptr(), big.data_ptr() + 64 * 2**20) >= 2048
     assert float(big.sum()) == 1.5 * big.numel()
+
+
+@pytest.mark.parametrize("size", [(96, 160), (100, 170), (13, 17), (24, 40)])
+def test_separable_resize_equals_interpolate(size):
+    g = torch.Generator().manual_seed(1)
+    masks = torch.randn(6, 24, 40, generator=g) * 4
+    along_width = resize_width(masks, size[1])
+    height_matrix = linear_resize_matrix(24, size[0], masks)
+    bands = [resize_rows(along_width, height_matrix, top, min(top + 7, size[0]))
+             for top in range(0, size[0], 7)]
+    torch.testing.assert_close(torch.cat(bands, dim=1), _upsample(masks, size), rtol=0, atol=5e-6)
+    assert (height_matrix != 0).sum(1).le(2).all()  # two taps per output row
