@@ -209,50 +209,69 @@ def save_random_weights(args: argparse.Namespace, path: str) -> None:
 
 def compare_with_official(
     args: argparse.Namespace, script: str, compare_outputs: Callable[[str, str], Dict],
+    variants: Optional[Dict[str, List[str]]] = None,
 ) -> None:
     """Run ``script`` as ours and as the official code, alternating ``args.rounds`` times each in
     fresh processes on the same weights, then print per-process results, the output comparison
-    and one JSON line with the ratio official / ours of the median times and of peak memory."""
+    and one JSON line with the ratio official / ours of the median times and of peak memory.
+
+    ``variants`` (label -> extra flags of the script) times several variants of ours in the same
+    rotation, e.g. one per inference backend; the JSON line then also holds ``variants``, each
+    variant's median, ratios to the official code and to the first variant, and its outputs'
+    agreement with the official ones; the summary fields are those of the first variant.
+    """
+    variants = variants or {OURS: []}
     with tempfile.TemporaryDirectory(prefix="mf_bench_") as tmp:
         weights = os.path.join(tmp, "weights.pth")
         save_random_weights(args, weights)
-        runs: Dict[str, List[Dict]] = {OURS: [], OFFICIAL: []}
+        runs: Dict[str, List[Dict]] = {name: [] for name in [*variants, OFFICIAL]}
         outputs = {}
         for r in range(args.rounds):
-            for impl in (OFFICIAL, OURS) if r % 2 else (OURS, OFFICIAL):
-                out_file = os.path.join(tmp, f"{impl}.pt")
+            order = [*variants, OFFICIAL]
+            for name in reversed(order) if r % 2 else order:
+                impl = OFFICIAL if name == OFFICIAL else OURS
+                out_file = os.path.join(tmp, f"{order.index(name)}.pt")
                 cmd = [sys.executable, script, "--impl", impl, "--weights", weights,
                        "--config-file", args.config_file, "--size", str(args.size),
                        "--iters", str(args.iters), "--warmup", str(args.warmup),
                        "--threads", str(args.threads), "--official", args.official,
-                       "--save-outputs", out_file, *_extra_flags(args), *args.opts]
+                       "--save-outputs", out_file, *_extra_flags(args),
+                       *variants.get(name, []), *args.opts]
                 env = dict(os.environ)
                 if impl == OFFICIAL:  # its package imports as `mask_former` / `mask2former`
                     env["PYTHONPATH"] = os.pathsep.join(
                         official_pythonpath(args.official, tmp) + [p for p in [env.get("PYTHONPATH")] if p])
                 proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 if proc.returncode != 0:
-                    sys.exit(f"{impl} run failed:\n{proc.stderr[-3000:]}")
+                    sys.exit(f"{name} run failed:\n{proc.stderr[-3000:]}")
                 line = json.loads(proc.stdout.strip().splitlines()[-1])
-                print(f"round {r}: {impl:13s} median {line['median_s']:.3f} s  "
+                print(f"round {r}: {name:28s} median {line['median_s']:.3f} s  "
                       f"peak RSS {line['peak_rss_mb']:.0f} MiB", flush=True)
-                runs[impl].append(line)
-                outputs[impl] = out_file
-        agreement = compare_outputs(outputs[OURS], outputs[OFFICIAL])
-    ours = [t for line in runs[OURS] for t in line["times_s"]]
-    official = [t for line in runs[OFFICIAL] for t in line["times_s"]]
-    mem_ours = max(line["peak_rss_mb"] for line in runs[OURS])
-    mem_official = max(line["peak_rss_mb"] for line in runs[OFFICIAL])
-    summary = {k: v for k, v in runs[OURS][-1].items() if k != "times_s"}
+                runs[name].append(line)
+                outputs[name] = out_file
+        first = next(iter(variants))
+        agreements = {name: compare_outputs(outputs[name], outputs[OFFICIAL]) for name in variants}
+        agreement = agreements[first]
+    times = {name: [t for line in lines for t in line["times_s"]] for name, lines in runs.items()}
+    memory = {name: max(line["peak_rss_mb"] for line in lines) for name, lines in runs.items()}
+    ours, official = times[first], times[OFFICIAL]
+    summary = {k: v for k, v in runs[first][-1].items() if k != "times_s"}
     summary.update({
         "impl": "ratio", "median_s": statistics.median(ours), "min_s": min(ours),
         "official_median_s": statistics.median(official), "official_min_s": min(official),
         "speedup_vs_official": round(statistics.median(official) / statistics.median(ours), 3),
         "speedup_of_fastest_runs": round(min(official) / min(ours), 3),
-        "peak_rss_mb": mem_ours, "official_peak_rss_mb": mem_official,
-        "memory_ratio_vs_official": round(mem_ours / mem_official, 3),
+        "peak_rss_mb": memory[first], "official_peak_rss_mb": memory[OFFICIAL],
+        "memory_ratio_vs_official": round(memory[first] / memory[OFFICIAL], 3),
         "rounds": args.rounds, **agreement,
     })
+    if len(variants) > 1:
+        summary["variants"] = {name: {
+            "median_s": statistics.median(times[name]),
+            "speedup_vs_official": round(statistics.median(official) / statistics.median(times[name]), 3),
+            f"speedup_vs_{first}": round(statistics.median(ours) / statistics.median(times[name]), 3),
+            "peak_rss_mb": memory[name], **agreements[name],
+        } for name in variants}
     print_result(summary)
 
 

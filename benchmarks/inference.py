@@ -11,7 +11,9 @@ printed is one JSON object (median_s, peak_rss_mb, config, torch version, thread
 With ``--official PATH`` (a checkout of facebookresearch/MaskFormer, outside this tree) the same
 config, weights and image run through the official code too, each implementation in its own
 processes, alternating ``--rounds`` times; the outputs are compared and the last JSON line holds
-``speedup_vs_official`` (official median / ours) and ``memory_ratio_vs_official``.
+``speedup_vs_official`` (official median / ours) and ``memory_ratio_vs_official``. Several
+backends (``--backend torch,onnxruntime``) are timed in the same rotation, so one invocation
+gives engine vs our PyTorch vs the official code (``variants`` in the JSON line).
 """
 import argparse
 import os
@@ -20,6 +22,7 @@ import time
 import _common as C
 
 DEFAULT_CONFIG = "configs/ade20k-150/maskformer_R50_bs16_160k.yaml"
+BACKENDS = ("torch", "onnxruntime", "openvino", "openvino-bf16")
 
 
 def run_model(model, image, height: int, width: int):
@@ -114,18 +117,26 @@ def attach_exported(args: argparse.Namespace, model) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     C.add_common_arguments(ap, DEFAULT_CONFIG)
-    ap.add_argument("--backend", choices=["torch", "onnxruntime", "openvino", "openvino-bf16"],
-                    default="torch",
-                    help="onnxruntime / openvino: the network runs in that engine (--onnx FILE, or "
-                         "exported from the config and weights first); pre/post-processing as in "
-                         "torch. openvino-bf16: OpenVINO in bf16 (a CPU's bf16 matrix units where it "
-                         "has them; changes the logits)")
+    ap.add_argument("--backend", default="torch",
+                    help="where the network runs: torch, onnxruntime, openvino or openvino-bf16, or "
+                         "several separated by commas (with --official: each timed in the same "
+                         "rotation, the ratios between them printed). onnxruntime / openvino: the "
+                         "network runs in that engine (--onnx FILE, or exported from the config and "
+                         "weights first); pre/post-processing as in torch. openvino-bf16: OpenVINO in "
+                         "bf16 (a CPU's bf16 matrix units where it has them; changes the logits)")
     ap.add_argument("--onnx", metavar="FILE", help="an export of tools/deploy/export_model.py")
     ap.add_argument("--profile", action="store_true", help="print the torch profiler's top operators")
-    C.pass_through("--backend", "--onnx")
+    C.pass_through("--onnx")
     args = ap.parse_args()
+    backends = args.backend.split(",")
+    unknown = sorted(set(backends) - set(BACKENDS))
+    if unknown:
+        ap.error(f"--backend: unknown {', '.join(unknown)} (choose from {', '.join(BACKENDS)})")
     if args.official and not args.save_outputs:
-        C.compare_with_official(args, __file__, compare_outputs)
+        C.compare_with_official(args, __file__, compare_outputs, variants={
+            f"{C.OURS} {backend}": ["--backend", backend] for backend in backends})
+    elif len(backends) > 1:
+        ap.error("several --backend values need --official (they are timed in one rotation with it)")
     else:
         worker(args)
 
