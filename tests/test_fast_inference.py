@@ -209,3 +209,26 @@ def test_separable_resize_equals_interpolate(size):
              for top in range(0, size[0], 7)]
     torch.testing.assert_close(torch.cat(bands, dim=1), _upsample(masks, size), rtol=0, atol=5e-6)
     assert (height_matrix != 0).sum(1).le(2).all()  # two taps per output row
+
+
+def test_a_pixel_decoder_subclass_with_its_own_forward_features_gets_no_deferred_flag():
+    from maskformer_d2.modeling.pixel_decoder.fpn import BasePixelDecoder
+
+    class OwnDecoder(BasePixelDecoder):  # written against the two-argument contract
+        def forward_features(self, features):
+            return super().forward_features(features)
+
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg()).eval()
+    decoder = model.sem_seg_head.pixel_decoder
+    shapes = model.backbone.output_shape()
+    own = OwnDecoder({name: shapes[name] for name in decoder.in_features},
+                     conv_dim=64, mask_dim=64, norm="GN")
+    own.load_state_dict(decoder.state_dict())
+    assert decoder.supports_deferred_mask_features and not own.supports_deferred_mask_features
+    features = model.backbone(torch.randn(1, 3, 64, 96))
+    with torch.no_grad():
+        expected = model.sem_seg_head(features)["pred_masks"]
+        model.sem_seg_head.pixel_decoder = own.eval()
+        got = model.sem_seg_head(features)["pred_masks"]
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)

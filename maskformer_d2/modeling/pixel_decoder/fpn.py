@@ -56,8 +56,12 @@ class BasePixelDecoder(nn.Module):
     ``layer_i``.
     """
 
-    # forward_features(features, deferred=True) may hand over the final conv uncomputed
-    supports_deferred_mask_features = True
+    @property
+    def supports_deferred_mask_features(self) -> bool:
+        """Whether ``forward_features(features, deferred=True)`` may hand over the final conv
+        uncomputed: true unless a subclass overrides ``forward_features`` (it can set this
+        attribute itself when its override takes ``deferred``)."""
+        return type(self).forward_features is BasePixelDecoder.forward_features
 
     @configurable
     def __init__(
