@@ -120,6 +120,8 @@ class ImagePrediction:
             masks = self.resize(self.padded_mask_pred[unique])
         else:
             masks = self.resize(self.upsample(self.low_res_mask_pred[unique]))
+        if unique.numel() == queries.numel() and torch.equal(unique, queries):
+            return masks  # distinct and sorted already: no gather copy
         return masks[inverse]
 
     @property
@@ -330,17 +332,20 @@ def instance_inference(
                                 dtype=torch.bool, device=labels.device)
         class_scores, labels, queries = class_scores[is_thing], labels[is_thing], queries[is_thing]
 
-    logits = mask_pred[queries]  # (N, H, W)
+    # a query's mask, its score and its box do not depend on the class: computed once per query
+    unique, inverse = torch.unique(queries, return_inverse=True)
+    logits = mask_pred[unique]  # (U, H, W)
     masks = logits > 0
-    mask_scores = (logits.sigmoid() * masks).flatten(1).sum(1) / (masks.flatten(1).sum(1) + 1e-6)
+    pixels = masks.flatten(1).sum(1, dtype=torch.int32)  # exact; summing bools as int64 copies
+    mask_scores = (logits.sigmoid().mul_(masks).flatten(1).sum(1) / (pixels + 1e-6))[inverse]
     scores = class_scores * mask_scores
     order = scores.argsort(descending=True, stable=True)
+    picked = inverse[order]
 
     result = Instances(tuple(mask_pred.shape[-2:]))
-    result.pred_masks = masks[order]
-    result.pred_boxes = Boxes(
-        BitMasks(result.pred_masks).get_bounding_boxes().tensor.to(mask_pred.device)
-    )
+    result.pred_masks = masks[picked]
+    boxes = BitMasks(masks).get_bounding_boxes().tensor.to(mask_pred.device)
+    result.pred_boxes = Boxes(boxes[picked])
     result.scores = scores[order]
     result.pred_classes = labels[order]
     return result
