@@ -224,10 +224,10 @@ def compare_with_official(
     with tempfile.TemporaryDirectory(prefix="mf_bench_") as tmp:
         weights = os.path.join(tmp, "weights.pth")
         save_random_weights(args, weights)
-        runs: Dict[str, List[Dict]] = {name: [] for name in [*variants, OFFICIAL]}
+        order = [*variants, OFFICIAL]
+        runs: Dict[str, List[Dict]] = {name: [] for name in order}
         outputs = {}
         for r in range(args.rounds):
-            order = [*variants, OFFICIAL]
             for name in reversed(order) if r % 2 else order:
                 impl = OFFICIAL if name == OFFICIAL else OURS
                 out_file = os.path.join(tmp, f"{order.index(name)}.pt")

@@ -20,13 +20,19 @@ from torch import Tensor, nn
 
 from ..errors import ExportError, first_line
 
-__all__ = ["ExportableNetwork", "export_onnx", "export_torchscript", "METADATA_KEY",
+__all__ = ["ExportableNetwork", "export_onnx", "export_torchscript", "is_exporting", "METADATA_KEY",
            "INPUT_NAME", "OUTPUT_NAMES", "ONNX_OPSET"]
 
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("pred_logits", "pred_masks")
 METADATA_KEY = "maskformer_d2"
 ONNX_OPSET = 18
+
+
+def is_exporting() -> bool:
+    """Whether the model is being traced (``torch.jit.trace``, ``torch.onnx.export``): modules
+    that compute something differently for an exported graph ask this."""
+    return torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
 
 
 class ExportableNetwork(nn.Module):

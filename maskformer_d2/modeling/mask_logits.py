@@ -23,6 +23,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ..deploy.export import is_exporting
+
 __all__ = ["DeferredProjection", "mask_logits", "is_linear_conv"]
 
 
@@ -79,10 +81,6 @@ class DeferredProjection(NamedTuple):
         return torch.cat(masks)
 
 
-def _exporting() -> bool:
-    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-
-
 def mask_logits(mask_embed: Tensor, mask_features: Union[Tensor, DeferredProjection]) -> Tensor:
     """
     Args:
@@ -95,7 +93,7 @@ def mask_logits(mask_embed: Tensor, mask_features: Union[Tensor, DeferredProject
         layers, b, q, c = mask_embed.shape
         # not in an exported graph: its batch is dynamic, and a convolution whose weights depend
         # on it is not supported by every runtime (OpenVINO's CPU plugin refuses it)
-        if mask_features.cheaper_composed(layers * q) and not _exporting():
+        if mask_features.cheaper_composed(layers * q) and not is_exporting():
             per_image = mask_embed.permute(1, 0, 2, 3).reshape(b, layers * q, c)
             masks = mask_features.composed(per_image)  # (B, L*Q, H, W)
             # contiguous like the einsum's result (a channels-last conv output would make the

@@ -16,6 +16,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ...deploy.export import is_exporting
+
 __all__ = ["MSDeformAttn", "multi_scale_deformable_attention"]
 
 
@@ -44,8 +46,8 @@ def multi_scale_deformable_attention(
         (B, Lq, M * D) attended values.
     """
     inputs = (value, sampling_locations, attention_weights)
-    exporting = torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()  # GridSample is an ONNX op
-    if exporting or (torch.is_grad_enabled() and any(t.requires_grad for t in inputs)):
+    # exported graphs take grid_sample (GridSample is an ONNX op)
+    if is_exporting() or (torch.is_grad_enabled() and any(t.requires_grad for t in inputs)):
         return _sampled_attention(value, spatial_shapes, sampling_locations, attention_weights)
     return _gathered_attention(value, spatial_shapes, sampling_locations, attention_weights)
 
