@@ -103,13 +103,17 @@ def worker(args: argparse.Namespace) -> None:
 def attach_exported(args: argparse.Namespace, model) -> None:
     """Run ``model``'s network with ONNX Runtime or OpenVINO: from ``--onnx`` or exported here
     first."""
+    import atexit
+    import shutil
     import tempfile
 
     from maskformer_d2.deploy import attach_runtime, export_onnx
     from maskformer_d2.deploy.export import example_input
     path = args.onnx
     if not path:
-        path = os.path.join(tempfile.mkdtemp(prefix="mf_onnx_"), "model.onnx")
+        folder = tempfile.mkdtemp(prefix="mf_onnx_")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        path = os.path.join(folder, "model.onnx")
         export_onnx(model, path, example_input(model, args.size, args.size))
     attach_runtime(model, path, threads=args.threads, engine=args.backend)
 

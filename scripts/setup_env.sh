@@ -15,8 +15,12 @@ pin() { grep -E "^$1==" requirements.txt | head -1 | cut -d= -f3; }
 run() {  # run a step quietly, keep its output in the log, stop with one line on failure
   local what=$1; shift
   echo "[setup] $what" >&2
-  "$@" >>"$LOG" 2>&1 || fail "$what (details: $LOG, last lines below)
+  "$@" >>"$LOG" 2>&1 || fail "$what$(disk_hint) (details: $LOG, last lines below)
 $(tail -n 5 "$LOG")"
+}
+disk_hint() {  # torch's PyPI build with its CUDA libraries takes ~6.5 GB in the venv
+  grep -q "No space left on device" "$LOG" 2>/dev/null || return 0
+  echo ": disk full, $VENV needs about 7 GB and $(df -h --output=avail "$VENV" | tail -1 | tr -d ' ') is free there"
 }
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && "$VENV/bin/python" -c "import torch, torchvision, detectron2" 2>/dev/null; then
