@@ -39,9 +39,11 @@ output:
 
 exit status:
   0  everything was processed
-  1  an input could not be read (missing file, glob matching nothing, not an image, corrupt or
-     truncated file), or the config / checkpoint / video is unusable. A bad input among several is
-     reported on its own line and the others are still processed; the exit status is 1 at the end.
+  1  an input could not be read (missing file, glob matching nothing, not a regular file, not an
+     image, corrupt or truncated file, more pixels than MASKFORMER_D2_MAX_IMAGE_PIXELS, by default
+     4096x4096), or the config / checkpoint / video / exported model is unusable. A bad input
+     among several is reported on its own line and the others are still processed; the exit
+     status is 1 at the end.
   2  wrong command line (e.g. no --output and no display)
 """
 
@@ -72,9 +74,12 @@ def get_parser() -> argparse.ArgumentParser:
                          "(MODEL.WEIGHTS is not read; pre- and post-processing are the same)")
     ap.add_argument("--verbose", action="store_true", help="show detectron2's log and the traceback of errors")
     ap.add_argument("--allow-unsafe-pickle", action="store_true",
-                    help="load a checkpoint that holds arbitrary Python objects with full pickle, which can "
-                         "run code from the file: only for files you trust (also: "
-                         "MASKFORMER_D2_ALLOW_UNSAFE_PICKLE=1)")
+                    help="load a checkpoint that holds arbitrary Python objects with full pickle, or a "
+                         "TorchScript --onnx model.ts, either of which can run code from the file: only for "
+                         "files you trust (also: MASKFORMER_D2_ALLOW_UNSAFE_PICKLE=1)")
+    ap.add_argument("--allow-remote-config", action="store_true",
+                    help="let the config's _BASE_ be an http(s) URL, downloaded into the cache: only for "
+                         "sources you trust (also: MASKFORMER_D2_ALLOW_REMOTE_CONFIG=1)")
     ap.add_argument("--opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE",
                     help="config overrides, e.g. MODEL.WEIGHTS model.pkl MODEL.DEVICE cpu")
     return ap
@@ -94,14 +99,14 @@ def setup_logging(verbose: bool) -> None:
 
 def setup_cfg(args):
     from maskformer_d2.config import load_config
+    from maskformer_d2.data.io import check_regular_file
     from maskformer_d2.errors import UsageError
     from maskformer_d2.visualization import task_choices
 
     if args.task is not None and args.task not in task_choices():
         raise UsageError(f"--task {args.task}: choose one of {', '.join(task_choices())}")
-    if not os.path.isfile(args.config_file):
-        raise FileNotFoundError(f"--config-file {args.config_file}: no such file")
-    cfg = load_config(args.config_file, args.opts, opts_name="--opts")
+    check_regular_file(args.config_file, f"--config-file {args.config_file}", OSError)
+    cfg = load_config(args.config_file, args.opts, opts_name="--opts", allow_remote=args.allow_remote_config or None)
     cfg.freeze()
     return cfg
 
@@ -111,6 +116,17 @@ def _first_line(e: BaseException) -> str:
     from maskformer_d2.errors import first_line  # after the dependency check of the first import
 
     return first_line(e) or type(e).__name__
+
+
+def _not_regular(path: str) -> str:
+    """The one-line refusal of an input that exists but is no regular file (a FIFO, a device)."""
+    from maskformer_d2.data.io import ImageReadError, check_regular_file
+
+    try:
+        check_regular_file(path, path)
+    except ImageReadError as e:
+        return str(e)
+    return f"{path}: not a regular file"
 
 
 def expand_inputs(patterns: List[str]) -> Tuple[List[str], List[str]]:
@@ -126,6 +142,8 @@ def expand_inputs(patterns: List[str]) -> Tuple[List[str], List[str]]:
             errors.append(f"{pattern}: no such file")
         elif os.path.isdir(pattern):
             errors.append(f"{pattern}: is a directory; pass '{os.path.join(pattern, '*.jpg')}' (quoted) for its images")
+        elif not os.path.isfile(pattern):  # a FIFO would block the reader, a device never ends
+            errors.append(_not_regular(pattern))
         else:
             paths.append(pattern)
     return paths, errors
@@ -201,8 +219,11 @@ def plan(args) -> Tuple[List[str], List[Optional[str]], List[str]]:
         logger.error("error: %s", line)
     if args.input and not paths:
         return paths, [], errors
-    if args.video_input and not os.path.isfile(args.video_input):
-        raise FileNotFoundError(f"{args.video_input}: no such file")
+    from maskformer_d2.data.io import check_regular_file, max_image_pixels
+
+    max_image_pixels()  # a bad MASKFORMER_D2_MAX_IMAGE_PIXELS fails before the model is built
+    if args.video_input:
+        check_regular_file(args.video_input, args.video_input, OSError)
     if args.input:
         targets = output_paths(paths, args.output) if args.output else [None] * len(paths)
     else:
@@ -254,10 +275,18 @@ def run_video(args, demo, target: Optional[str]) -> int:
     import cv2
     from tqdm import tqdm
 
+    from maskformer_d2.data.io import ImageReadError, check_pixel_budget
     from maskformer_d2.visualization import read_frames
 
     name = "webcam" if args.webcam else args.video_input
     video = cv2.VideoCapture(0 if args.webcam else args.video_input)
+    try:  # the container's frame size, before a frame is decoded
+        check_pixel_budget(name, int(video.get(cv2.CAP_PROP_FRAME_WIDTH)),
+                           int(video.get(cv2.CAP_PROP_FRAME_HEIGHT)), what="frames")
+    except ImageReadError as e:
+        video.release()
+        logger.error("error: %s", e)
+        return 1
     ok, first = video.read() if video.isOpened() else (False, None)
     if not ok:
         video.release()

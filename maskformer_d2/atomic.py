@@ -3,13 +3,20 @@ up what killed writers left behind.
 
 The checkpointer and the converters write files with :func:`write_atomically`; the shapes dataset
 is generated in a working folder renamed into place. Both name their work in progress after the
-writing process (``.<name>.tmp-<pid>``, ``<folder>.tmp-<pid>-<random>``), so that
+writing process (``.<name>.<random>.tmp-<pid>``, ``<folder>.tmp-<pid>-<random>``), so that
 :func:`leftovers_of_dead_writers` can tell what a killed process left from what a live one is
 still writing.
+
+The temporary file is created with ``tempfile.mkstemp`` (``O_CREAT | O_EXCL``): a name someone
+planted in the folder beforehand (a symlink to a file elsewhere, say) is never opened, so the
+write cannot be redirected; the final ``os.replace`` swaps the directory entry itself and does
+not follow a symlink at the final name either.
 """
 import contextlib
 import os
 import re
+import stat
+import tempfile
 from typing import Any, BinaryIO, Callable, List, Pattern
 
 __all__ = ["TEMPORARY_FILE", "write_atomically", "leftovers_of_dead_writers"]
@@ -18,17 +25,44 @@ __all__ = ["TEMPORARY_FILE", "write_atomically", "leftovers_of_dead_writers"]
 TEMPORARY_FILE = re.compile(r"\..+\.tmp-(\d+)")
 
 
+def _umask() -> int:
+    """This process's umask, read without changing it where Linux allows (``os.umask`` sets it,
+    which would race with other threads creating files)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _final_mode(path: str) -> int:
+    """The permissions ``open(path, "wb")`` would leave: an existing regular file keeps its own,
+    a new file gets 0o666 less the umask (``mkstemp`` itself creates 0o600)."""
+    with contextlib.suppress(OSError):
+        st = os.lstat(path)
+        if stat.S_ISREG(st.st_mode):
+            return stat.S_IMODE(st.st_mode)
+    return 0o666 & ~_umask()
+
+
 def write_atomically(path: str, write: Callable[[BinaryIO], Any]) -> None:
     """Write ``path`` so that it is either its old content or the complete new one, never a part.
 
-    ``write(f)`` fills a temporary file in the same folder (a hidden ``.<name>.tmp-<pid>``), which
-    is flushed, fsynced and renamed over ``path``; a failure removes it. A process killed in the
-    middle leaves only that temporary file, which no reader takes for a checkpoint.
+    ``write(f)`` fills a new temporary file in the same folder (a hidden
+    ``.<name>.<random>.tmp-<pid>``, created exclusively, so never a file or symlink that was
+    there before), which gets the mode a plain ``open`` would give, is flushed, fsynced and
+    renamed over ``path``; a failure removes it. A process killed in the middle leaves only that
+    temporary file, which no reader takes for a checkpoint.
     """
     folder, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{name}.tmp-{os.getpid()}")
+    mode = _final_mode(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=f".tmp-{os.getpid()}", dir=folder)
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)
             write(f)
             f.flush()
             os.fsync(f.fileno())

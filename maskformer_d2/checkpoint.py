@@ -11,12 +11,13 @@ the mistake shows up as garbage predictions. ``MaskFormerCheckpointer`` keeps ev
 * a backbone-only checkpoint (``"matching_heuristics": True``, as written by ``tools/convert-*``)
   may leave the head uninitialised as in d2, but a shape mismatch where it loads (e.g. the
   backbone) or "nothing matched" still raises;
-* no file runs code while it is read (:mod:`maskformer_d2.safe_load`): ``.safetensors`` hold
-  tensors only, ``.pkl`` go through a restricted unpickler, ``.pth`` through
-  ``torch.load(weights_only=True)``; anything else is refused
-  (:class:`UnsafeCheckpointError`) unless the user allows full pickle explicitly;
+* no file runs code or sizes memory while it is read (:mod:`maskformer_d2.safe_load`):
+  ``.safetensors`` hold tensors only, ``.pkl`` are interpreted without a real unpickler, ``.pth``
+  go through ``torch.load(weights_only=True)`` once their zip was checked; anything else is
+  refused (:class:`UnsafeCheckpointError`) unless the user allows full pickle explicitly;
 * unreadable or missing files raise one-line errors (:class:`CheckpointReadError`,
-  ``FileNotFoundError``);
+  ``FileNotFoundError``), and so does a state dict whose keys are not strings or whose values
+  are not numeric arrays / tensors (or numbers), naming the first bad key;
 * checkpoints are written atomically (a temporary file in the same folder, flushed and fsynced,
   then renamed; ``last_checkpoint`` likewise, after it), so an interruption never leaves a
   truncated checkpoint under a checkpoint's name nor destroys the one ``last_checkpoint`` names;
@@ -29,7 +30,9 @@ import os
 import re
 from collections import Counter, OrderedDict
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from urllib.parse import urlsplit, urlunsplit
 
+import numpy as np
 import torch
 from fvcore.common.checkpoint import _IncompatibleKeys
 
@@ -39,7 +42,8 @@ from detectron2.checkpoint.c2_model_loading import convert_c2_detectron_names
 from ._deprecated import moved_names
 from .atomic import leftovers_of_dead_writers, write_atomically
 from .errors import CheckpointMismatchError, CheckpointReadError, UnsafeCheckpointError
-from .safe_load import load_pkl, load_pth
+from .remote import download, is_url
+from .safe_load import load_pkl, load_pth, load_safetensors
 
 __all__ = [
     "MaskFormerCheckpointer",
@@ -182,11 +186,57 @@ def resume_candidates(save_dir: str) -> List[str]:
 
 # ----------------------------------------------------------------------------- checkpointer
 def _is_url(path: str) -> bool:
-    return "://" in path
+    return is_url(path)
 
 
 def _shape(value: Any) -> Tuple[int, ...]:
     return tuple(getattr(value, "shape", ()))
+
+
+# numpy dtypes torch.from_numpy turns into tensors (in native byte order)
+_WEIGHT_DTYPES = frozenset(np.dtype(c) for c in ("?", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8",
+                                                 "f2", "f4", "f8", "c8", "c16"))
+
+
+def _shown(key: Any) -> str:
+    """A key for a message, short and safe to print whatever the file put there."""
+    if isinstance(key, str):
+        return repr(key[:100])
+    if type(key) in (int, bool) and abs(key) < 10**18:
+        return repr(key)
+    return f"a key of type {type(key).__name__}"
+
+
+def _describe_value(value: Any) -> str:
+    if isinstance(value, np.ndarray):
+        return f"a numpy array of dtype {value.dtype.name if value.dtype.kind != 'V' else 'void'}"
+    if isinstance(value, torch.Tensor):
+        kind = "quantized" if value.is_quantized else "meta" if value.is_meta else str(value.layout)[6:]
+        return f"a {kind} tensor"
+    return f"a {type(value).__name__}"
+
+
+def _checked_state_dict(state: Dict[Any, Any], name: str) -> Dict[str, Any]:
+    """``state`` (a checkpoint's "model") as detectron2 can load it: numbers become 0-d arrays and
+    arrays native byte order. A key that is not a string or a value that is not a numeric array,
+    tensor or number is one :class:`CheckpointReadError` naming the file and the first bad key."""
+    checked = {}
+    for key, value in state.items():
+        if not isinstance(key, str):
+            raise CheckpointReadError(
+                f"checkpoint {name}: its model has {_shown(key)} as a key; a state dict maps parameter names "
+                "(strings) to tensors")
+        if isinstance(value, (bool, int, float, np.number, np.bool_)):
+            value = np.asarray(value)  # an int beyond int64 becomes an object array, refused below
+        if isinstance(value, np.ndarray) and value.dtype.newbyteorder("=") in _WEIGHT_DTYPES:
+            value = value if value.dtype.isnative else value.astype(value.dtype.newbyteorder("="))
+        elif not (isinstance(value, torch.Tensor) and value.layout == torch.strided and not value.is_meta
+                  and not value.is_quantized):
+            raise CheckpointReadError(
+                f"checkpoint {name}: its model entry {_shown(key)} is {_describe_value(value)}; a state dict "
+                "holds numeric arrays or tensors")
+        checked[key] = value
+    return checked
 
 
 class MaskFormerCheckpointer(DetectionCheckpointer):
@@ -206,8 +256,21 @@ class MaskFormerCheckpointer(DetectionCheckpointer):
 
     # ---- reading
     def load(self, path: str, *args, **kwargs) -> Dict[str, Any]:
-        """Load ``path`` (a local file or an http(s) URL); see the class docstring for the checks."""
-        if path and not _is_url(path) and not os.path.isfile(path):
+        """Load ``path`` (a local file, an http(s) URL or ``detectron2://...``); see the class
+        docstring for the checks.
+
+        A URL is fetched by :func:`maskformer_d2.remote.download` (into the download cache, under a
+        name derived from the URL, size-capped) before detectron2 sees the path, so detectron2
+        never downloads anything itself; the URL's query (``?matching_heuristics=True``) keeps
+        detectron2's meaning.
+        """
+        local = path
+        if path and _is_url(path):
+            parts = urlsplit(path)
+            local = download(urlunsplit(parts._replace(query="", fragment="")), what="checkpoint")
+            if parts.query:
+                local += "?" + parts.query  # detectron2 reads its options from it, then drops it
+        elif path and not os.path.isfile(path):
             what = "is a directory, not a checkpoint file" if os.path.isdir(path) else "no such file"
             raise FileNotFoundError(
                 f"checkpoint {path}: {what}; set MODEL.WEIGHTS to a .pth/.pkl/.safetensors file or an "
@@ -215,13 +278,7 @@ class MaskFormerCheckpointer(DetectionCheckpointer):
             )
         self._loading = path
         try:
-            return super().load(path, *args, **kwargs)
-        except (CheckpointMismatchError, CheckpointReadError, FileNotFoundError):
-            raise
-        except (OSError, RuntimeError, AssertionError) as e:
-            if _is_url(path):  # a failed download: d2/iopath raise many kinds of errors
-                raise CheckpointReadError(f"checkpoint {path}: cannot be downloaded ({e})") from e
-            raise
+            return super().load(local, *args, **kwargs)
         finally:
             self._loading = None
             self._parsed_url_during_load = None  # detectron2 resets it only when loading succeeds
@@ -230,49 +287,56 @@ class MaskFormerCheckpointer(DetectionCheckpointer):
         name = self._loading or filename
         try:
             data = self._read(filename, name)
-        except UnsafeCheckpointError:
+        except CheckpointReadError:  # worded by safe_load, UnsafeCheckpointError included
             raise
-        except Exception as e:  # unpickling garbage fails in arbitrary ways (KeyError, IndexError, ...)
+        except Exception as e:  # torch.load of garbage fails in arbitrary ways (RuntimeError, KeyError, ...)
             raise CheckpointReadError(
                 f"checkpoint {name}: not a readable .pth/.pkl checkpoint (truncated or corrupt: "
                 f"{type(e).__name__})"
             ) from e
         if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
-            raise CheckpointReadError(f"checkpoint {name}: not a state dict (found {type(data).__name__})")
+            found = type(data.get("model") if isinstance(data, dict) else data).__name__
+            raise CheckpointReadError(f"checkpoint {name}: not a state dict (found {found})")
         model = data["model"]
         if filename.endswith(".pkl") and data.get("__author__") == "Caffe2" and isinstance(
             model.get("model"), dict
         ):
             # a pickled {"model": state_dict} without "__author__": d2 mistakes it for a Caffe2 file
-            return {"model": model["model"], "__author__": "unknown"}
+            data = {"model": model["model"], "__author__": "unknown"}
+        data["model"] = _checked_state_dict(data["model"], name)
         return data
 
     def _read(self, filename: str, name: str) -> Dict[str, Any]:
         """The checkpoint dict of a file, in detectron2's conventions, without running its code."""
         if filename.endswith(".safetensors"):  # tensors only, by construction
-            from safetensors import safe_open
-
-            with safe_open(filename, framework="pt") as f:
-                meta = f.metadata() or {}
-                state = {k: f.get_tensor(k) for k in f.keys()}
+            state, meta = load_safetensors(filename, name)
             return {"model": state, "__author__": meta.get("__author__", "unknown"),
                     "matching_heuristics": meta.get("matching_heuristics") == "True"}
         if filename.endswith(".pyth"):  # pycls, which detectron2 reads with full pickle
-            state = load_pth(filename, name)["model_state"]
-            state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+            data = load_pth(filename, name)
+            if not isinstance(data, dict) or not isinstance(data.get("model_state"), dict):
+                raise CheckpointReadError(f"checkpoint {name}: not a pycls checkpoint (no 'model_state' dict)")
+            state = {k: v for k, v in data["model_state"].items()
+                     if not (isinstance(k, str) and k.endswith("num_batches_tracked"))}
             return {"model": state, "__author__": "pycls", "matching_heuristics": True}
         if not filename.endswith(".pkl"):
             return super()._load_file(filename)  # .pth, through _torch_load below
         data = load_pkl(filename, name)
+        if not isinstance(data, dict):
+            raise CheckpointReadError(f"checkpoint {name}: not a state dict (found {type(data).__name__})")
         if "model" in data and "__author__" in data:  # detectron2 model-zoo format
             return data
         # a Caffe2 / Detectron1 file, read the way detectron2 does
-        data = data.get("blobs", data)
-        blobs = {k: v for k, v in data.items() if not k.endswith("_momentum")}
+        data = data["blobs"] if isinstance(data.get("blobs"), dict) else data
+        blobs = {k: v for k, v in data.items() if not (isinstance(k, str) and k.endswith("_momentum"))}
         return {"model": blobs, "__author__": "Caffe2", "matching_heuristics": True}
 
     def _torch_load(self, f: str) -> Any:
-        return load_pth(f, self._loading or f)
+        name = self._loading or f
+        data = load_pth(f, name)
+        if not isinstance(data, dict):  # detectron2 looks for "model" in it
+            raise CheckpointReadError(f"checkpoint {name}: not a state dict (found {type(data).__name__})")
+        return data
 
     # ---- writing
     def save(self, name: str, **kwargs: Any) -> None:

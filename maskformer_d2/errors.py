@@ -12,6 +12,7 @@ __all__ = [
     "UnsafeCheckpointError",
     "CheckpointMismatchError",
     "HFImportError",
+    "DownloadError",
     "UsageError",
     "ExportError",
     "first_line",
@@ -44,6 +45,10 @@ class HFImportError(ValueError):
 
 class ExportError(ValueError):
     """A model cannot be exported, or an exported model file cannot be used with this config."""
+
+
+class DownloadError(OSError):
+    """A URL was refused (scheme, ``..`` segments, redirect, size) or its download failed."""
 
 
 class UsageError(Exception):

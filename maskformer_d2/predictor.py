@@ -37,7 +37,8 @@ class MaskFormerPredictor:
     Args:
         cfg: a maskformer_d2 config.
         input_format: channel order of the arrays passed to ``__call__`` ("BGR" as cv2 reads).
-        exported: an exported network (``model.onnx``: ONNX Runtime; ``model.ts``: TorchScript;
+        exported: an exported network (``model.onnx``: ONNX Runtime; ``model.ts``: TorchScript,
+            which can run code from the file and so needs ``MASKFORMER_D2_ALLOW_UNSAFE_PICKLE=1``;
             see :mod:`maskformer_d2.deploy`) to run instead of the PyTorch one; ``MODEL.WEIGHTS``
             is then not read. Pre- and post-processing are the same.
     """

@@ -18,6 +18,7 @@ from maskformer_d2.deploy import (
     load_runtime,
 )
 from maskformer_d2.errors import ExportError
+from maskformer_d2.safe_load import UNSAFE_PICKLE_ENV
 from maskformer_d2.tasks import set_enabled_tasks
 
 from _tiny_maskformer import tiny_cfg
@@ -43,6 +44,12 @@ def exported(tmp_path_factory):
     return cfg, model, folder
 
 
+def _opt_in_for_torchscript(name, monkeypatch):
+    """Loading a TorchScript file can run code from it: it needs the explicit opt-in."""
+    if name.endswith(".ts"):
+        monkeypatch.setenv(UNSAFE_PICKLE_ENV, "1")
+
+
 def _images(*shapes):
     g = torch.Generator().manual_seed(1)
     return [torch.randn(1, 3, h, w, generator=g) for h, w in shapes]
@@ -50,8 +57,9 @@ def _images(*shapes):
 
 @pytest.mark.parametrize("name,engine", [("model.onnx", "onnxruntime"), ("model.onnx", "openvino"),
                                          ("model.ts", None)])
-def test_exported_network_gives_the_pytorch_logits_at_two_sizes(exported, name, engine):
+def test_exported_network_gives_the_pytorch_logits_at_two_sizes(exported, name, engine, monkeypatch):
     cfg, model, folder = exported
+    _opt_in_for_torchscript(name, monkeypatch)
     runtime = load_runtime(str(folder / name), engine=engine or "onnxruntime")
     for images in _images((64, 96), (96, 128)):  # the second size is not the export's
         with torch.no_grad():
@@ -63,8 +71,9 @@ def test_exported_network_gives_the_pytorch_logits_at_two_sizes(exported, name, 
 
 
 @pytest.mark.parametrize("name", ["model.onnx", "model.ts"])
-def test_task_outputs_of_the_exported_network_equal_pytorch(exported, name):
+def test_task_outputs_of_the_exported_network_equal_pytorch(exported, name, monkeypatch):
     cfg, model, folder = exported
+    _opt_in_for_torchscript(name, monkeypatch)
     _, deployed = _tiny(["MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD", 0.3])
     attach_runtime(deployed, str(folder / name))
     g = torch.Generator().manual_seed(2)

@@ -287,11 +287,12 @@ def test_cli_writes_weights_and_config_and_names_bad_sources(tmp_path, capsys):
     assert error_of(tmp_path / "nothing").startswith(
         f"error: {tmp_path / 'nothing'}: cannot load a Hugging Face Mask2Former")
     MaskFormerConfig().save_pretrained(tmp_path / "maskformer")
-    assert error_of(tmp_path / "maskformer") == (f"error: {tmp_path / 'maskformer'}: a 'maskformer' model, not a "
-                                                 "Mask2Former; use tools/convert-hf-maskformer-to-d2.py")
+    assert error_of(tmp_path / "maskformer") == (f"error: {tmp_path / 'maskformer'}: config.json: model_type: "
+                                                 "'maskformer': a MaskFormer, not a Mask2Former; use "
+                                                 "tools/convert-hf-maskformer-to-d2.py")
     # a checkpoint without some weights: HF would make them up at random
     tensors = load_file(tmp_path / "hf" / "model.safetensors")
     del tensors["class_predictor.weight"]
     save_file(tensors, tmp_path / "hf" / "model.safetensors", metadata={"format": "pt"})
-    assert error_of(tmp_path / "hf") == (f"error: {tmp_path / 'hf'}: the checkpoint lacks 1 weights of the model "
-                                         "(e.g. class_predictor.weight), which would be random")
+    assert error_of(tmp_path / "hf") == (f"error: {tmp_path / 'hf'}: model.safetensors: the checkpoint lacks 1 "
+                                         "weights of the model (e.g. class_predictor.weight), which would be random")

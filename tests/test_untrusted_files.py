@@ -231,4 +231,4 @@ def test_messages_name_the_problem(tmp_path, model_and_state):
     truncated.write_bytes(truncated.read_bytes()[:1000])
     with pytest.raises(CheckpointReadError) as err:
         MaskFormerCheckpointer(model).load(str(truncated))
-    assert str(err.value).endswith("not a readable .pth/.pkl checkpoint (truncated or corrupt: RuntimeError)")
+    assert str(err.value).endswith("not a readable .pth/.pkl checkpoint (truncated or corrupt: BadZipFile)")

@@ -10,6 +10,10 @@ the cache when offline). OUTPUT_DIR receives ``model_final.safetensors`` (offici
 tensor names) and ``config.yaml``; the config's MODEL.WEIGHTS points at the weights, and its
 DATASETS name the registered dataset whose class names equal the model's labels (empty when none
 does), with the output tasks of the matching official config (panoptic, instance or semantic).
+SOURCE is read as untrusted: its JSON files are checked field by field, code it ships is never
+run (a config with auto_map is refused), and a pytorch_model.bin is read with weights_only
+(full pickle only with --allow-unsafe-pickle); a problem ends in one line and exit status 1,
+with nothing written to OUTPUT_DIR.
 """
 import sys
 

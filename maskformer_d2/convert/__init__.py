@@ -5,6 +5,8 @@
   HF importers share (backbone renaming, config checks, output files, command line);
 * :mod:`.hf_mask2former`: the same for a HF Mask2Former (:func:`import_hf_mask2former`; CLI
   tools/convert-hf-mask2former-to-d2.py), whose tensors get the official Mask2Former names;
+* :mod:`.hf_folder`: how both read a HF model folder without trusting it (JSON fields checked
+  against tables, no custom code, weights without pickle, sizes before allocating);
 * :mod:`.backbones`: ImageNet backbones -> detectron2 backbone ``.pkl`` files: torchvision ResNet
   (:func:`convert_torchvision_resnet`; CLI tools/convert-torchvision-to-d2.py) and official Swin
   Transformer (:func:`convert_swin`; CLI tools/convert-pretrained-swin-model-to-d2.py);

@@ -36,8 +36,12 @@ def read_state_dict(path: str, nested_keys: Sequence[str] = ("model", "state_dic
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such file")
+    from ..safe_load import load_pth  # torch.load(weights_only=True) once the zip's sizes are checked
+
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = load_pth(path, path)
+    except CheckpointReadError:  # one line already
+        raise
     except Exception as e:  # see MaskFormerCheckpointer._load_file
         reason = first_line(e)[:160]
         raise CheckpointReadError(f"{path}: not a readable .pth file ({type(e).__name__}: {reason})") from e

@@ -10,8 +10,11 @@ backbone's last feature map, so its weights map one-to-one onto ours:
   ``model_final.safetensors`` and ``config.yaml`` (tools/convert-hf-maskformer-to-d2.py is its CLI).
 
 The Mask2Former importer (:mod:`.hf_mask2former`) reuses the backbone rules (Swin in both HF
-flavours, ResNet), the backbone / preprocessor / dataset config helpers, the file writing and the
-command line (:func:`main`) defined here.
+flavours, ResNet), the backbone / preprocessor / dataset config helpers, the end-to-end import
+(:func:`import_hf`), the file writing and the command line (:func:`main`) defined here. Each
+config value comes from a table of :class:`~.hf_folder.Field` (``_SWIN_FIELDS``,
+``_MASKFORMER_FIELDS``, ...) that also says which values a folder's ``config.json`` may hold:
+:mod:`.hf_folder` checks them before transformers sees the file.
 
 Conventions that differ from the official code and that the conversion absorbs:
 
@@ -34,22 +37,48 @@ from the decoder's input (all zeros) and the earlier layers' outputs *without* t
 LayerNorm, while the official ``aux_outputs`` (and ours) use each earlier layer's output after that
 LayerNorm. This changes HF's training losses only, not its predictions.
 """
-import json
 import logging
 import os
 import re
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from detectron2.config import CfgNode, get_cfg
 
+from ..atomic import write_atomically
 from ..config import add_maskformer_config
 from ..errors import HFImportError
 from .files import write_safetensors_checkpoint
+from .hf_folder import (
+    CONFIG,
+    MAX_LABELS,
+    PREPROCESSOR,
+    Field,
+    FieldError,
+    build_config,
+    check_fields,
+    check_labels,
+    field_values,
+    flag,
+    integer,
+    integers,
+    load_model,
+    local_file,
+    number,
+    numbers,
+    one_of,
+    read_json,
+    refuse_actions,
+    resolve_folder,
+    shown,
+    stage_names,
+    text,
+)
 
-__all__ = ["convert_state_dict", "config_from_hf", "import_hf_maskformer", "HFImportError"]
+__all__ = ["convert_state_dict", "config_from_hf", "import_hf_maskformer", "import_hf", "HFModel", "HFImportError"]
 
 logger = logging.getLogger(__name__)
 
@@ -256,6 +285,93 @@ def convert_state_dict(hf_state_dict: Dict[str, torch.Tensor], hf_config) -> "Or
 
 
 # ----------------------------------------------------------------------------- config
+# Bounds of the sizes a HF config may ask for: generous for every released model (Swin-L has
+# embed_dim 192, 1536 channels in res5; ResNet-152 2048), small enough to refuse absurd ones
+# before a model is built. The weights file must hold the parameters anyway (hf_folder.load_model).
+_DIM = integer(1, 8192)
+_FFN = integer(1, 65536)
+_LAYERS = integer(1, 100)
+_HEADS = integer(1, 256)
+_QUERIES = integer(1, 2000)
+_WEIGHT = number(0, 1e6)  # a loss weight
+_PROBABILITY = number(0, 1)
+_PIXELS = integer(1, 16384)  # an image side
+
+# backbone_config fields -> MODEL.SWIN.* / MODEL.RESNETS.* (and fields checked only)
+_SWIN_FIELDS = (
+    Field("embed_dim", _DIM, "MODEL.SWIN.EMBED_DIM"),
+    Field("depths", integers(1, 64), "MODEL.SWIN.DEPTHS"),
+    Field("num_heads", integers(1, 256), "MODEL.SWIN.NUM_HEADS"),
+    Field("window_size", integer(1, 256), "MODEL.SWIN.WINDOW_SIZE"),
+    Field("patch_size", integer(1, 256), "MODEL.SWIN.PATCH_SIZE"),
+    Field("mlp_ratio", number(0, 64, above=True), "MODEL.SWIN.MLP_RATIO"),
+    Field("qkv_bias", flag(), "MODEL.SWIN.QKV_BIAS"),
+    Field("image_size", _PIXELS, "MODEL.SWIN.PRETRAIN_IMG_SIZE"),
+    Field("drop_path_rate", _PROBABILITY, "MODEL.SWIN.DROP_PATH_RATE"),
+    Field("use_absolute_embeddings", flag()),
+    Field("hidden_act", text()),
+    Field("layer_norm_eps", number(0, 1, above=True)),
+    Field("num_channels", one_of(3)),
+    Field("out_features", stage_names()),
+)
+_RESNET_FIELDS = (
+    Field("embedding_size", _DIM, "MODEL.RESNETS.STEM_OUT_CHANNELS"),
+    Field("downsample_in_bottleneck", flag(), "MODEL.RESNETS.STRIDE_IN_1X1"),
+    Field("hidden_sizes", integers(1, 65536)),
+    Field("depths", integers(1, 64)),
+    Field("layer_type", one_of("basic", "bottleneck")),
+    Field("hidden_act", text()),
+    Field("downsample_in_first_stage", flag()),
+    Field("num_channels", one_of(3)),
+    Field("out_features", stage_names()),
+)
+_BACKBONE_FIELDS = {"swin": _SWIN_FIELDS, "maskformer-swin": _SWIN_FIELDS, "resnet": _RESNET_FIELDS}
+# fields of both models' config.json, at its top level
+_COMMON_FIELDS = (
+    Field("num_labels", integer(1, MAX_LABELS), "MODEL.SEM_SEG_HEAD.NUM_CLASSES"),
+    Field("dtype", one_of(None, "float32", "float16", "bfloat16")),
+    Field("torch_dtype", one_of(None, "float32", "float16", "bfloat16")),
+)
+# MaskFormerConfig fields -> maskformer_d2 config keys
+_MASKFORMER_FIELDS = (
+    Field("fpn_feature_size", _DIM, "MODEL.SEM_SEG_HEAD.CONVS_DIM"),
+    Field("mask_feature_size", _DIM, "MODEL.SEM_SEG_HEAD.MASK_DIM"),
+    Field("decoder_config.d_model", _DIM, "MODEL.MASK_FORMER.HIDDEN_DIM"),
+    Field("decoder_config.num_queries", _QUERIES, "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES"),
+    Field("decoder_config.decoder_attention_heads", _HEADS, "MODEL.MASK_FORMER.NHEADS"),
+    Field("decoder_config.decoder_ffn_dim", _FFN, "MODEL.MASK_FORMER.DIM_FEEDFORWARD"),
+    Field("decoder_config.decoder_layers", _LAYERS, "MODEL.MASK_FORMER.DEC_LAYERS"),
+    Field("decoder_config.dropout", _PROBABILITY, "MODEL.MASK_FORMER.DROPOUT"),
+    Field("no_object_weight", _WEIGHT, "MODEL.MASK_FORMER.NO_OBJECT_WEIGHT"),
+    Field("dice_weight", _WEIGHT, "MODEL.MASK_FORMER.DICE_WEIGHT"),
+    Field("mask_weight", _WEIGHT, "MODEL.MASK_FORMER.MASK_WEIGHT"),
+    Field("decoder_config.activation_function", text()),
+)
+
+
+def _image_size(value: Any) -> Any:
+    """An image processor's ``size``: a number of pixels, or an object of them (null allowed)."""
+    if not isinstance(value, dict):
+        return _PIXELS(value)
+    for key, side in value.items():
+        if side is not None:
+            try:
+                _PIXELS(side)
+            except FieldError as e:
+                raise FieldError(f"{key} {e}") from None
+    return value
+
+
+_PREPROCESSOR_FIELDS = (
+    Field("do_rescale", flag()),
+    Field("rescale_factor", number(0, 1e6, above=True)),
+    Field("do_normalize", flag()),
+    Field("image_mean", numbers(-1e6, 1e6, 3)),
+    Field("image_std", numbers(0, 1e6, 3, above=True)),
+    Field("size", _image_size),
+)
+
+
 def _backbone_kind(hf_config) -> str:
     model_type = getattr(hf_config.backbone_config, "model_type", "")
     if model_type in ("swin", "maskformer-swin"):
@@ -285,21 +401,14 @@ def _swin_overrides(bb) -> Dict[str, Any]:
     _require(getattr(bb, "hidden_act", "gelu") == "gelu", f"Swin hidden_act {bb.hidden_act!r}: only 'gelu'")
     _require(abs(getattr(bb, "layer_norm_eps", 1e-5) - 1e-5) < 1e-12,
              f"Swin layer_norm_eps {bb.layer_norm_eps}: only 1e-5 (torch's LayerNorm default)")
-    n = len(bb.depths)
+    _require(len(bb.num_heads) == len(bb.depths),
+             f"Swin num_heads {list(bb.num_heads)}: one per stage of depths {list(bb.depths)}")
     return {
         "MODEL.BACKBONE.NAME": "D2SwinTransformer",
-        "MODEL.SWIN.EMBED_DIM": int(bb.embed_dim),
-        "MODEL.SWIN.DEPTHS": list(bb.depths),
-        "MODEL.SWIN.NUM_HEADS": list(bb.num_heads),
-        "MODEL.SWIN.WINDOW_SIZE": int(bb.window_size),
-        "MODEL.SWIN.PATCH_SIZE": int(bb.patch_size),
-        "MODEL.SWIN.MLP_RATIO": float(bb.mlp_ratio),
-        "MODEL.SWIN.QKV_BIAS": bool(bb.qkv_bias),
-        "MODEL.SWIN.PRETRAIN_IMG_SIZE": int(bb.image_size),
-        "MODEL.SWIN.DROP_PATH_RATE": float(bb.drop_path_rate),
+        **field_values(bb, _SWIN_FIELDS),
         "MODEL.SWIN.APE": False,
         "MODEL.SWIN.PATCH_NORM": True,
-        "MODEL.SWIN.OUT_FEATURES": [f"res{i + 2}" for i in range(n)],
+        "MODEL.SWIN.OUT_FEATURES": [f"res{i + 2}" for i in range(len(bb.depths))],
     }
 
 
@@ -319,12 +428,11 @@ def _resnet_overrides(bb) -> Dict[str, Any]:
     return {
         "MODEL.BACKBONE.NAME": "build_resnet_backbone",
         "MODEL.RESNETS.DEPTH": depth,
-        "MODEL.RESNETS.STEM_OUT_CHANNELS": int(bb.embedding_size),
+        **field_values(bb, _RESNET_FIELDS),
         "MODEL.RESNETS.RES2_OUT_CHANNELS": widths[0],
         "MODEL.RESNETS.NUM_GROUPS": 1,
         # HF's bottleneck is 4x narrower than its output, whatever the width
         "MODEL.RESNETS.WIDTH_PER_GROUP": widths[0] // 4 if kind == "bottleneck" else 64,
-        "MODEL.RESNETS.STRIDE_IN_1X1": bool(getattr(bb, "downsample_in_bottleneck", False)),
         "MODEL.RESNETS.NORM": "FrozenBN",
         "MODEL.RESNETS.STEM_TYPE": "basic",
         "MODEL.RESNETS.OUT_FEATURES": ["res2", "res3", "res4", "res5"],
@@ -401,9 +509,13 @@ def _preprocessor_overrides(preprocessor: Optional[Dict[str, Any]]) -> Dict[str,
 
     HF computes ``(x * rescale_factor - mean) / std``, which is ``(x - mean/rescale_factor) /
     (std/rescale_factor)``; without a processor, ImageNet statistics (HF's default) are assumed.
+
+    Raises:
+        HFImportError: a field of the wrong type or range (``preprocessor_config.json: <field>: ...``).
     """
     if not preprocessor:
         return {"MODEL.PIXEL_MEAN": _IMAGENET_MEAN, "MODEL.PIXEL_STD": _IMAGENET_STD}
+    check_fields(preprocessor, _PREPROCESSOR_FIELDS, PREPROCESSOR)
     scale = 1.0 / float(preprocessor.get("rescale_factor", 1 / 255)) if preprocessor.get("do_rescale", True) else 1.0
     if preprocessor.get("do_normalize", True):
         mean = [float(m) * scale for m in preprocessor.get("image_mean", [x / 255 for x in _IMAGENET_MEAN])]
@@ -412,10 +524,36 @@ def _preprocessor_overrides(preprocessor: Optional[Dict[str, Any]]) -> Dict[str,
         mean, std = [0.0] * 3, [scale] * 3
     out: Dict[str, Any] = {"MODEL.PIXEL_MEAN": mean, "MODEL.PIXEL_STD": std}
     size = preprocessor.get("size")
-    if isinstance(size, dict) and "shortest_edge" in size:
+    if isinstance(size, dict) and size.get("shortest_edge"):
         out["INPUT.MIN_SIZE_TEST"] = int(size["shortest_edge"])
         if size.get("longest_edge"):
             out["INPUT.MAX_SIZE_TEST"] = int(size["longest_edge"])
+    return out
+
+
+# what both models' configs share
+_COMMON_OVERRIDES = {
+    "MODEL.META_ARCHITECTURE": "MaskFormer",
+    "MODEL.WEIGHTS": "",
+    "INPUT.FORMAT": "RGB",
+    "MODEL.SEM_SEG_HEAD.NAME": "MaskFormerHead",
+    "MODEL.SEM_SEG_HEAD.NORM": "GN",
+    "MODEL.MASK_FORMER.ENC_LAYERS": 0,
+    "MODEL.MASK_FORMER.SIZE_DIVISIBILITY": 32,
+}
+
+
+def _overrides(hf_config, preprocessor: Optional[Dict[str, Any]], fixed: Dict[str, Any],
+               fields: Sequence[Field], datasets: Callable[[Any], Dict[str, Any]]) -> Dict[str, Any]:
+    """The config values of a HF model: what both models share, the model's ``fixed`` values, its
+    config ``fields``, backbone, preprocessor and ``datasets`` (a function of the HF config)."""
+    out: Dict[str, Any] = {**_COMMON_OVERRIDES, "MODEL.SEM_SEG_HEAD.IN_FEATURES": _levels(hf_config), **fixed}
+    out.update(field_values(hf_config, (*_COMMON_FIELDS, *fields)))
+    heads, width = out["MODEL.MASK_FORMER.NHEADS"], out["MODEL.MASK_FORMER.HIDDEN_DIM"]
+    _require(width % heads == 0, f"{heads} decoder attention heads do not divide its width {width}")
+    out.update(_backbone_overrides(hf_config))
+    out.update(_preprocessor_overrides(preprocessor))
+    out.update(datasets(hf_config))
     return out
 
 
@@ -432,38 +570,14 @@ def config_overrides(hf_config, preprocessor: Optional[Dict[str, Any]] = None) -
     dec = hf_config.decoder_config
     _require(getattr(dec, "activation_function", "relu") == "relu",
              f"decoder activation {dec.activation_function!r}: only 'relu'")
-    levels = _levels(hf_config)
-    out: Dict[str, Any] = {
-        "MODEL.META_ARCHITECTURE": "MaskFormer",
-        "MODEL.WEIGHTS": "",
-        "INPUT.FORMAT": "RGB",
-        "MODEL.SEM_SEG_HEAD.NAME": "MaskFormerHead",
-        "MODEL.SEM_SEG_HEAD.IN_FEATURES": levels,
-        "MODEL.SEM_SEG_HEAD.NUM_CLASSES": int(hf_config.num_labels),
-        "MODEL.SEM_SEG_HEAD.CONVS_DIM": int(hf_config.fpn_feature_size),
-        "MODEL.SEM_SEG_HEAD.MASK_DIM": int(hf_config.mask_feature_size),
-        "MODEL.SEM_SEG_HEAD.NORM": "GN",
+    fixed = {
         "MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME": "BasePixelDecoder",
         "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS": 0,
-        "MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE": levels[-1],
+        "MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE": _levels(hf_config)[-1],
         "MODEL.MASK_FORMER.ENFORCE_INPUT_PROJ": False,
-        "MODEL.MASK_FORMER.HIDDEN_DIM": int(dec.d_model),
-        "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES": int(dec.num_queries),
-        "MODEL.MASK_FORMER.NHEADS": int(dec.decoder_attention_heads),
-        "MODEL.MASK_FORMER.DIM_FEEDFORWARD": int(dec.decoder_ffn_dim),
-        "MODEL.MASK_FORMER.DEC_LAYERS": int(dec.decoder_layers),
-        "MODEL.MASK_FORMER.ENC_LAYERS": 0,
         "MODEL.MASK_FORMER.PRE_NORM": False,
-        "MODEL.MASK_FORMER.DROPOUT": float(dec.dropout),
-        "MODEL.MASK_FORMER.NO_OBJECT_WEIGHT": float(hf_config.no_object_weight),
-        "MODEL.MASK_FORMER.DICE_WEIGHT": float(hf_config.dice_weight),
-        "MODEL.MASK_FORMER.MASK_WEIGHT": float(hf_config.mask_weight),
-        "MODEL.MASK_FORMER.SIZE_DIVISIBILITY": 32,
     }
-    out.update(_backbone_overrides(hf_config))
-    out.update(_preprocessor_overrides(preprocessor))
-    out.update(_dataset_overrides(hf_config))
-    return out
+    return _overrides(hf_config, preprocessor, fixed, _MASKFORMER_FIELDS, _dataset_overrides)
 
 
 def config_from_hf(hf_config, preprocessor: Optional[Dict[str, Any]] = None) -> CfgNode:
@@ -483,50 +597,128 @@ def _cfg_from_overrides(overrides: Dict[str, Any]) -> CfgNode:
 
 
 # ----------------------------------------------------------------------------- end to end
-def _read_preprocessor(name_or_path: str) -> Optional[Dict[str, Any]]:
-    """The model's ``preprocessor_config.json`` (folder or HF cache), or None when it has none."""
-    path = os.path.join(name_or_path, "preprocessor_config.json")
-    if not os.path.isdir(name_or_path):
-        from transformers.utils import cached_file
+@dataclass(frozen=True)
+class HFModel:
+    """What the import of one kind of HF model needs; everything else is shared."""
 
-        try:
-            path = cached_file(name_or_path, "preprocessor_config.json", _raise_exceptions_for_missing_entries=False)
-        except OSError:
-            path = None
-    if not path or not os.path.isfile(path):
-        logger.warning("%s has no preprocessor_config.json; assuming ImageNet mean/std", name_or_path)
+    name: str  # in messages: "MaskFormer"
+    model_type: str  # of its config.json
+    fields: Sequence[Field]  # config.json fields besides the backbone's and _COMMON_FIELDS
+    config_class: str  # transformers class names
+    model_class: str
+    config_overrides: Callable[[Any, Optional[Dict[str, Any]]], Dict[str, Any]]
+    convert_state_dict: Callable[[Dict[str, torch.Tensor], Any], Dict[str, torch.Tensor]]
+
+
+# HF entries a checkpoint may lack without loss: the model computes them from its config
+_REBUILT_BY_HF = ("criterion.empty_weight", "relative_position_index", "num_batches_tracked")
+# model_type -> (name, command line), to point at the right importer
+_TOOLS = {"maskformer": ("MaskFormer", "tools/convert-hf-maskformer-to-d2.py"),
+          "mask2former": ("Mask2Former", "tools/convert-hf-mask2former-to-d2.py")}
+
+
+def _check_config_json(data: Dict[str, Any], kind: HFModel) -> None:
+    """Refuse a ``config.json`` of another model, with custom code or fetches, or with a field the
+    import uses of the wrong type or out of bounds; one line ``config.json: <field>: ...``."""
+    refuse_actions(data, CONFIG)
+    model_type = data.get("model_type")
+    if model_type != kind.model_type:
+        other = _TOOLS.get(model_type) if isinstance(model_type, str) else None
+        hint = f"a {other[0]}, not a {kind.name}; use {other[1]}" if other else \
+            f"not a {kind.name} ({kind.model_type!r})"
+        raise HFImportError(f"{CONFIG}: model_type: {shown(model_type)}: {hint}")
+    backbone = data.get("backbone_config")
+    if not isinstance(backbone, dict):
+        raise HFImportError(f"{CONFIG}: backbone_config: must be an object (the backbone's config), "
+                            f"not {shown(backbone)}")
+    check_fields(data, [Field("model_type", one_of(*_BACKBONE_FIELDS))], CONFIG, "backbone_config.")
+    if "model_type" not in backbone:
+        raise HFImportError(f"{CONFIG}: backbone_config.model_type: missing (Swin or ResNet backbones only)")
+    check_fields(data, _BACKBONE_FIELDS[backbone["model_type"]], CONFIG, "backbone_config.")
+    check_fields(data, (*_COMMON_FIELDS, *kind.fields), CONFIG)
+    check_labels(data, CONFIG)
+
+
+def import_hf(source: str, output_dir: str, kind: HFModel) -> Tuple[str, str]:
+    """Convert a HF model of ``kind`` (a ``save_pretrained`` folder, or a hub id: downloaded into
+    the HF cache, or found there). Its JSON files are checked, its config converted and its
+    weights read safely (:mod:`.hf_folder`) before anything is written to ``output_dir``:
+    ``model_final.safetensors`` (the tensors; "__author__" in its metadata) and ``config.yaml``
+    (load it with ``cfg.merge_from_file`` after ``add_maskformer_config``).
+
+    Returns:
+        (weights path, config path).
+
+    Raises:
+        HFImportError / CheckpointReadError: one line naming the file (and field) at fault.
+        OSError: ``source`` is neither a folder nor a reachable / cached hub id.
+    """
+    import transformers
+
+    folder = resolve_folder(source)
+    data = read_json(folder, CONFIG)
+    if data is None:
+        raise HFImportError(f"no {CONFIG}: not a Hugging Face model folder")
+    _check_config_json(data, kind)
+    hf_config = build_config(getattr(transformers, kind.config_class), data)
+    preprocessor = _read_preprocessor(folder)
+    try:
+        cfg = _cfg_from_overrides(kind.config_overrides(hf_config, preprocessor))
+    except HFImportError as e:  # a setting of config.json maskformer_d2 cannot express
+        raise HFImportError(f"{CONFIG}: {e}") from None
+    model = load_model(getattr(transformers, kind.model_class), folder, hf_config, _REBUILT_BY_HF)
+    state = kind.convert_state_dict(model.state_dict(), model.config)
+    return _write_import(state, cfg, source, output_dir)
+
+
+def _read_preprocessor(name_or_path: str) -> Optional[Dict[str, Any]]:
+    """The model's ``preprocessor_config.json`` (folder or HF cache), or None when it has none.
+
+    Raises:
+        HFImportError: the file is not a JSON object, asks to run code, or a field it has is of the
+            wrong type or out of bounds (``preprocessor_config.json: <field>: ...``).
+    """
+    path = None
+    try:
+        path = local_file(name_or_path, PREPROCESSOR)
+    except OSError:
+        pass
+    preprocessor = read_json(os.path.dirname(path), PREPROCESSOR) if path else None
+    if preprocessor is None:
+        logger.warning("%s has no %s; assuming ImageNet mean/std", name_or_path, PREPROCESSOR)
         return None
-    with open(path) as f:
-        return json.load(f)
+    refuse_actions(preprocessor, PREPROCESSOR)
+    check_fields(preprocessor, _PREPROCESSOR_FIELDS, PREPROCESSOR)
+    return preprocessor
+
+
+_MASKFORMER = HFModel(
+    name="MaskFormer", model_type="maskformer", fields=_MASKFORMER_FIELDS,
+    config_class="MaskFormerConfig", model_class="MaskFormerForInstanceSegmentation",
+    config_overrides=config_overrides, convert_state_dict=convert_state_dict,
+)
 
 
 def import_hf_maskformer(name_or_path: str, output_dir: str) -> Tuple[str, str]:
-    """Convert a HF MaskFormer (a ``save_pretrained`` folder or a hub id already in the HF cache).
-
-    Writes ``output_dir/model_final.safetensors`` (the tensors; "__author__" in its metadata) and
-    ``output_dir/config.yaml`` (load it with ``cfg.merge_from_file`` after ``add_maskformer_config``).
+    """Convert a HF MaskFormer (see :func:`import_hf`).
 
     Returns:
         (weights path, config path).
     """
-    from transformers import MaskFormerForInstanceSegmentation
-
-    model = MaskFormerForInstanceSegmentation.from_pretrained(name_or_path)
-    cfg = config_from_hf(model.config, _read_preprocessor(name_or_path))
-    state = convert_state_dict(model.state_dict(), model.config)
-    return _write_import(state, cfg, name_or_path, output_dir)
+    return import_hf(name_or_path, output_dir, _MASKFORMER)
 
 
 def _write_import(state: Dict[str, torch.Tensor], cfg: CfgNode, name_or_path: str,
                   output_dir: str) -> Tuple[str, str]:
-    """Write ``model_final.safetensors`` and a ``config.yaml`` whose MODEL.WEIGHTS points at it."""
+    """Write ``model_final.safetensors`` and a ``config.yaml`` whose MODEL.WEIGHTS points at it
+    (each atomically: a failed write leaves no partial file)."""
     os.makedirs(output_dir, exist_ok=True)
     weights = os.path.join(output_dir, "model_final.safetensors")
     write_safetensors_checkpoint(state, weights, f"huggingface:{name_or_path}", matching_heuristics=False)
     cfg.MODEL.WEIGHTS = os.path.abspath(weights)
     config = os.path.join(output_dir, "config.yaml")
-    with open(config, "w") as f:
-        f.write(cfg.dump())
+    text_ = cfg.dump()
+    write_atomically(config, lambda f: f.write(text_.encode("utf-8")))
     return weights, config
 
 
@@ -543,17 +735,30 @@ def main(argv: Optional[List[str]], doc: str, import_fn: Callable[[str, str], Tu
     import argparse
     import sys
 
-    from ..errors import first_line
+    from ..errors import CheckpointReadError, first_line
+    from ..safe_load import UNSAFE_PICKLE_ENV, UNSAFE_PICKLE_FLAG, allow_unsafe_pickle
 
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("source", help=f"HF {variant}: save_pretrained folder or hub id")
     ap.add_argument("output_dir", help="folder for model_final.safetensors and config.yaml")
+    ap.add_argument(UNSAFE_PICKLE_FLAG, dest="allow_unsafe_pickle", action="store_true",
+                    help=f"read a pytorch_model.bin with full pickle, which can run code from the file: "
+                         f"only for files you trust (also: {UNSAFE_PICKLE_ENV}=1)")
     args = ap.parse_args(argv)
+    if args.allow_unsafe_pickle:
+        allow_unsafe_pickle()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()  # our one error line ends the output, not load reports
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+    try:
         weights, config = import_fn(args.source, args.output_dir)
-    except HFImportError as e:
-        print(f"error: {args.source}: {e}", file=sys.stderr)
+    except (HFImportError, CheckpointReadError) as e:
+        print(f"error: {args.source}: {first_line(e)}", file=sys.stderr)
         return 1
     except OSError as e:  # not found locally nor on the hub / in the cache
         reason = first_line(e) or type(e).__name__

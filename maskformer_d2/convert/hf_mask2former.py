@@ -57,26 +57,33 @@ from detectron2.config import CfgNode
 from ..errors import HFImportError
 from .hf import (
     _DEC,
+    _DIM,
+    _FFN,
+    _HEADS,
     _HEAD,
+    _LAYERS,
+    _PROBABILITY,
+    _QUERIES,
     _TRF,
+    _WEIGHT,
+    HFModel,
     _add_swin_relative_position_index,
-    _backbone_overrides,
     _backbone_rules,
     _cfg_from_overrides,
     _find_datasets,
     _label_names,
     _levels,
     _no_datasets,
+    _overrides,
     _pick_datasets,
-    _preprocessor_overrides,
     _re,
-    _read_preprocessor,
     _rename_tensors,
     _require,
     _Rule,
     _rule,
-    _write_import,
+    import_hf,
 )
+from .hf_folder import Field, flag, integer, integers, number, text
 
 __all__ = ["convert_state_dict", "config_overrides", "config_from_hf", "import_hf_mask2former", "HFImportError"]
 
@@ -201,62 +208,49 @@ def _task_overrides(hf_config) -> Dict[str, Any]:
     return out
 
 
+# Mask2FormerConfig fields -> maskformer_d2 config keys (and fields checked only)
+_MASK2FORMER_FIELDS = (
+    Field("ignore_value", integer(-1, 65535), "MODEL.SEM_SEG_HEAD.IGNORE_VALUE"),
+    Field("feature_size", _DIM, "MODEL.SEM_SEG_HEAD.CONVS_DIM"),
+    Field("mask_feature_size", _DIM, "MODEL.SEM_SEG_HEAD.MASK_DIM"),
+    Field("encoder_layers", integer(0, 100), "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS"),
+    Field("common_stride", integer(1, 32), "MODEL.SEM_SEG_HEAD.COMMON_STRIDE"),
+    Field("enforce_input_projection", flag(), "MODEL.MASK_FORMER.ENFORCE_INPUT_PROJ"),
+    Field("hidden_dim", _DIM, "MODEL.MASK_FORMER.HIDDEN_DIM"),
+    Field("num_queries", _QUERIES, "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES"),
+    Field("num_attention_heads", _HEADS, "MODEL.MASK_FORMER.NHEADS"),
+    Field("dim_feedforward", _FFN, "MODEL.MASK_FORMER.DIM_FEEDFORWARD"),
+    Field("decoder_layers", _LAYERS, "MODEL.MASK_FORMER.DEC_LAYERS"),  # same count: decoder_layers - 1 layers
+    Field("pre_norm", flag(), "MODEL.MASK_FORMER.PRE_NORM"),
+    Field("dropout", _PROBABILITY, "MODEL.MASK_FORMER.DROPOUT"),
+    Field("use_auxiliary_loss", flag(), "MODEL.MASK_FORMER.DEEP_SUPERVISION"),
+    Field("no_object_weight", _WEIGHT, "MODEL.MASK_FORMER.NO_OBJECT_WEIGHT"),
+    Field("class_weight", _WEIGHT, "MODEL.MASK_FORMER.CLASS_WEIGHT"),
+    Field("dice_weight", _WEIGHT, "MODEL.MASK_FORMER.DICE_WEIGHT"),
+    Field("mask_weight", _WEIGHT, "MODEL.MASK_FORMER.MASK_WEIGHT"),
+    Field("train_num_points", integer(1, 10**7), "MODEL.MASK_FORMER.TRAIN_NUM_POINTS"),
+    Field("oversample_ratio", number(0, 1000), "MODEL.MASK_FORMER.OVERSAMPLE_RATIO"),
+    Field("importance_sample_ratio", _PROBABILITY, "MODEL.MASK_FORMER.IMPORTANCE_SAMPLE_RATIO"),
+    Field("encoder_feedforward_dim", _FFN),
+    Field("activation_function", text()),
+    Field("feature_strides", integers(1, 1024)),
+)
+
+
 def config_overrides(hf_config, preprocessor: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """maskformer_d2 config values (``"MODEL.X.Y": value``) equivalent to a HF ``Mask2FormerConfig``.
-
-    Args:
-        hf_config: the ``Mask2FormerConfig``.
-        preprocessor: the model's ``preprocessor_config.json`` as a dict (mean/std/test size), if any.
-
-    Raises:
-        HFImportError: a setting maskformer_d2 cannot express, named in the message.
-    """
+    """maskformer_d2 config values equivalent to a HF ``Mask2FormerConfig`` (and its
+    ``preprocessor_config.json`` dict, if any), as :func:`.hf.config_overrides` for MaskFormer."""
     _check_architecture(hf_config)
-    levels = _levels(hf_config)
-    c = hf_config
-    out: Dict[str, Any] = {
-        "MODEL.META_ARCHITECTURE": "MaskFormer",
-        "MODEL.WEIGHTS": "",
-        "INPUT.FORMAT": "RGB",
-        "MODEL.SEM_SEG_HEAD.NAME": "MaskFormerHead",
-        "MODEL.SEM_SEG_HEAD.IN_FEATURES": levels,
-        "MODEL.SEM_SEG_HEAD.NUM_CLASSES": int(c.num_labels),
-        "MODEL.SEM_SEG_HEAD.IGNORE_VALUE": int(c.ignore_value),
-        "MODEL.SEM_SEG_HEAD.CONVS_DIM": int(c.feature_size),
-        "MODEL.SEM_SEG_HEAD.MASK_DIM": int(c.mask_feature_size),
-        "MODEL.SEM_SEG_HEAD.NORM": "GN",
+    fixed = {
         "MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME": "MSDeformAttnPixelDecoder",
-        "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES": levels[-_NUM_ENCODER_LEVELS:],
-        "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS": int(c.encoder_layers),
-        "MODEL.SEM_SEG_HEAD.COMMON_STRIDE": int(c.common_stride),
+        "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES": _levels(hf_config)[-_NUM_ENCODER_LEVELS:],
         "MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME": "MultiScaleMaskedTransformerDecoder",
         "MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE": "multi_scale_pixel_decoder",
-        "MODEL.MASK_FORMER.ENFORCE_INPUT_PROJ": bool(c.enforce_input_projection),
-        "MODEL.MASK_FORMER.HIDDEN_DIM": int(c.hidden_dim),
-        "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES": int(c.num_queries),
-        "MODEL.MASK_FORMER.NHEADS": int(c.num_attention_heads),
-        "MODEL.MASK_FORMER.DIM_FEEDFORWARD": int(c.dim_feedforward),
-        "MODEL.MASK_FORMER.DEC_LAYERS": int(c.decoder_layers),  # same count: decoder_layers - 1 layers
-        "MODEL.MASK_FORMER.ENC_LAYERS": 0,
-        "MODEL.MASK_FORMER.PRE_NORM": bool(c.pre_norm),
-        "MODEL.MASK_FORMER.DROPOUT": float(c.dropout),
-        "MODEL.MASK_FORMER.DEEP_SUPERVISION": bool(c.use_auxiliary_loss),
-        "MODEL.MASK_FORMER.NO_OBJECT_WEIGHT": float(c.no_object_weight),
-        "MODEL.MASK_FORMER.CLASS_WEIGHT": float(c.class_weight),
-        "MODEL.MASK_FORMER.DICE_WEIGHT": float(c.dice_weight),
-        "MODEL.MASK_FORMER.MASK_WEIGHT": float(c.mask_weight),
-        "MODEL.MASK_FORMER.TRAIN_NUM_POINTS": int(c.train_num_points),
-        "MODEL.MASK_FORMER.OVERSAMPLE_RATIO": float(c.oversample_ratio),
-        "MODEL.MASK_FORMER.IMPORTANCE_SAMPLE_RATIO": float(c.importance_sample_ratio),
-        "MODEL.MASK_FORMER.SIZE_DIVISIBILITY": 32,
         # the thresholds of every official Mask2Former config
         "MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD": 0.8,
         "MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD": 0.8,
     }
-    out.update(_backbone_overrides(hf_config))
-    out.update(_preprocessor_overrides(preprocessor))
-    out.update(_task_overrides(hf_config))
-    return out
+    return _overrides(hf_config, preprocessor, fixed, _MASK2FORMER_FIELDS, _task_overrides)
 
 
 def config_from_hf(hf_config, preprocessor: Optional[Dict[str, Any]] = None) -> CfgNode:
@@ -265,38 +259,14 @@ def config_from_hf(hf_config, preprocessor: Optional[Dict[str, Any]] = None) -> 
 
 
 # ----------------------------------------------------------------------------- end to end
-# HF entries a checkpoint may lack without loss: the model computes them from its config
-_REBUILT_BY_HF = ("criterion.empty_weight", "relative_position_index", "num_batches_tracked")
-
-
-def _load_hf_model(name_or_path: str):
-    """``Mask2FormerForUniversalSegmentation.from_pretrained``, refusing other model types and
-    checkpoints that lack weights (HF would initialise them at random without failing)."""
-    from transformers import AutoConfig, Mask2FormerForUniversalSegmentation
-
-    hf_config = AutoConfig.from_pretrained(name_or_path)
-    if hf_config.model_type != "mask2former":
-        hint = "; use tools/convert-hf-maskformer-to-d2.py" if hf_config.model_type == "maskformer" else ""
-        raise HFImportError(f"a {hf_config.model_type!r} model, not a Mask2Former{hint}")
-    model, info = Mask2FormerForUniversalSegmentation.from_pretrained(
-        name_or_path, config=hf_config, output_loading_info=True)
-    missing = [k for k in info.get("missing_keys", ()) if not k.endswith(_REBUILT_BY_HF)]
-    if missing:
-        raise HFImportError(f"the checkpoint lacks {len(missing)} weights of the model "
-                            f"(e.g. {', '.join(sorted(missing)[:3])}), which would be random")
-    return model
+_MASK2FORMER = HFModel(
+    name="Mask2Former", model_type="mask2former", fields=_MASK2FORMER_FIELDS,
+    config_class="Mask2FormerConfig", model_class="Mask2FormerForUniversalSegmentation",
+    config_overrides=config_overrides, convert_state_dict=convert_state_dict,
+)
 
 
 def import_hf_mask2former(name_or_path: str, output_dir: str) -> Tuple[str, str]:
-    """Convert a HF Mask2Former (a ``save_pretrained`` folder or a hub id already in the HF cache).
-
-    Writes ``output_dir/model_final.safetensors`` (the tensors; "__author__" in its metadata) and
-    ``output_dir/config.yaml`` (load it with ``cfg.merge_from_file`` after ``add_maskformer_config``).
-
-    Returns:
-        (weights path, config path).
-    """
-    model = _load_hf_model(name_or_path)
-    cfg = config_from_hf(model.config, _read_preprocessor(name_or_path))
-    state = convert_state_dict(model.state_dict(), model.config)
-    return _write_import(state, cfg, name_or_path, output_dir)
+    """Convert a HF Mask2Former into ``output_dir``: the weights with the official tensor names and
+    a ``config.yaml`` for them; returns their paths (see :func:`.hf.import_hf`)."""
+    return import_hf(name_or_path, output_dir, _MASK2FORMER)

@@ -10,7 +10,11 @@ sizes computed in the network (Swin's shifted-window masks, the deformable atten
 shapes) are computed with traced tensor arithmetic. A module of your own whose traced graph
 fits only the export size says so with ``EXPORT_FIXED_SIZE = True``; the file then records that
 size and the runtime refuses others.
+
+Both exporters write their file with :func:`~maskformer_d2.atomic.write_atomically`: a failed
+or interrupted export leaves the previous file (or none), never half a model.
 """
+import io
 import json
 import os
 from typing import Dict, Tuple
@@ -18,6 +22,7 @@ from typing import Dict, Tuple
 import torch
 from torch import Tensor, nn
 
+from ..atomic import write_atomically
 from ..errors import ExportError, first_line
 
 __all__ = ["ExportableNetwork", "export_onnx", "export_torchscript", "is_exporting", "METADATA_KEY",
@@ -91,12 +96,12 @@ def export_onnx(model: nn.Module, path: str, example: Tensor = None) -> None:
     """Write ``model``'s network to ``path`` as ONNX (opset 18, dynamic batch/height/width)."""
     net = ExportableNetwork(model)
     example = example_input(model) if example is None else example
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    buffer = io.BytesIO()  # the graph is completed in memory (metadata added) before it is written
     try:
         with torch.no_grad():
             net(example)  # a head without mask classification fails here, with its own message
             torch.onnx.export(
-                net, (example,), path, input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+                net, (example,), buffer, input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
                 dynamic_axes={INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
                               "pred_logits": {0: "batch"},
                               "pred_masks": {0: "batch", 2: "mask_height", 3: "mask_width"}},
@@ -107,11 +112,13 @@ def export_onnx(model: nn.Module, path: str, example: Tensor = None) -> None:
     except Exception as e:
         raise _failed("ONNX", e) from e
     import onnx
-    proto = onnx.load(path)
+    proto = onnx.load_model_from_string(buffer.getvalue())
+    del buffer
     for key, value in net.metadata(example).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    onnx.save(proto, path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_atomically(path, lambda f: f.write(proto.SerializeToString()))
 
 
 def export_torchscript(model: nn.Module, path: str, example: Tensor = None) -> None:
@@ -126,5 +133,6 @@ def export_torchscript(model: nn.Module, path: str, example: Tensor = None) -> N
         raise
     except Exception as e:
         raise _failed("TorchScript", e) from e
+    extra = {METADATA_KEY: net.metadata(example)[METADATA_KEY]}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    torch.jit.save(traced, path, _extra_files={METADATA_KEY: net.metadata(example)[METADATA_KEY]})
+    write_atomically(path, lambda f: torch.jit.save(traced, f, _extra_files=extra))

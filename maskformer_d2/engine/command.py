@@ -23,9 +23,11 @@ from detectron2.evaluation import verify_results
 from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import MaskFormerCheckpointer, resume_candidates
-from ..config import load_config, resolve_device
+from ..config import (REMOTE_CONFIG_ENV, REMOTE_CONFIG_FLAG, allow_remote_config, load_config,
+                      resolve_device)
 from ..data import prepare_shapes, register_shapes
 from ..errors import first_line
+from ..remote import is_url, resolve_url
 from ..safe_load import UNSAFE_PICKLE_ENV, UNSAFE_PICKLE_FLAG, allow_unsafe_pickle
 from .trainer import Trainer
 
@@ -35,8 +37,13 @@ logger = logging.getLogger("maskformer_d2")
 
 
 def build_cfg(args: argparse.Namespace) -> CfgNode:
-    """The config of a run: defaults + MaskFormer keys + the YAML + command-line overrides."""
+    """The config of a run: defaults + MaskFormer keys + the YAML + command-line overrides.
+
+    A ``MODEL.WEIGHTS`` URL the downloader would refuse is refused here already, before any work.
+    """
     cfg = resolve_device(load_config(args.config_file, args.opts, opts_name=f"config {args.config_file}"))
+    if is_url(cfg.MODEL.WEIGHTS):
+        resolve_url(cfg.MODEL.WEIGHTS, what="MODEL.WEIGHTS")
     register_shapes(cfg)  # DATASETS.SHAPES.* apply to the built-in dataset
     return cfg
 
@@ -61,6 +68,10 @@ def argument_parser() -> argparse.ArgumentParser:
         UNSAFE_PICKLE_FLAG, dest="allow_unsafe_pickle", action="store_true",
         help=f"load checkpoints that hold arbitrary Python objects with full pickle, which can run "
              f"code from the file: only for files you trust (also: {UNSAFE_PICKLE_ENV}=1)")
+    parser.add_argument(
+        REMOTE_CONFIG_FLAG, dest="allow_remote_config", action="store_true",
+        help=f"let a config's _BASE_ be an http(s) URL, downloaded into the cache: only for sources "
+             f"you trust (also: {REMOTE_CONFIG_ENV}=1)")
     return parser
 
 
@@ -130,6 +141,8 @@ def cli(argv: Optional[List[str]] = None) -> int:
     args = argument_parser().parse_args(argv)
     if args.allow_unsafe_pickle:
         allow_unsafe_pickle()  # the environment carries it to the processes launch() starts
+    if args.allow_remote_config:
+        allow_remote_config()  # likewise
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt_in(os.getpid()))
     cfg = None
     try:

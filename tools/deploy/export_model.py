@@ -4,11 +4,13 @@
     python tools/deploy/export_model.py --config-file CFG --format onnx --output DIR \\
         [--opts MODEL.WEIGHTS model_final.pth ...]
 
-Writes DIR/model.onnx (or DIR/model.ts) and DIR/config.yaml (the config it came from), and prints
-the input and output names and shapes. The network takes (B, 3, H, W) normalised images padded
-to a multiple of the size divisibility (H, W dynamic) and returns pred_logits (B, Q, K+1) and
-pred_masks (B, Q, H/4, W/4); run it with ``demo/demo.py --onnx DIR/model.onnx`` or
-``MaskFormerPredictor(cfg, exported=...)``, which keep our resizing and post-processing.
+Writes DIR/model.onnx (or DIR/model.ts) and DIR/config.yaml (the config it came from), each
+whole or not at all, and prints the input and output names and shapes. The network takes
+(B, 3, H, W) normalised images padded to a multiple of the size divisibility (H, W dynamic) and
+returns pred_logits (B, Q, K+1) and pred_masks (B, Q, H/4, W/4); run it with
+``demo/demo.py --onnx DIR/model.onnx`` or ``MaskFormerPredictor(cfg, exported=...)``, which keep
+our resizing and post-processing. A model.ts is a program (loading TorchScript can run code from
+the file), so loading one needs ``--allow-unsafe-pickle`` / ``MASKFORMER_D2_ALLOW_UNSAFE_PICKLE=1``.
 """
 import argparse
 import logging
@@ -36,6 +38,7 @@ def main(argv=None) -> int:
         import torch
         from detectron2.modeling import build_model
 
+        from maskformer_d2.atomic import write_atomically
         from maskformer_d2.checkpoint import MaskFormerCheckpointer
         from maskformer_d2.config import load_config
         from maskformer_d2.deploy import export_onnx, export_torchscript
@@ -45,6 +48,7 @@ def main(argv=None) -> int:
             from maskformer_d2.safe_load import allow_unsafe_pickle
             allow_unsafe_pickle()
         cfg = load_config(args.config_file, [*args.opts, "MODEL.DEVICE", "cpu"], opts_name="--opts")
+        config_text = cfg.dump()  # before anything is written: a config that cannot be dumped writes nothing
         model = build_model(cfg).eval()
         if cfg.MODEL.WEIGHTS:
             MaskFormerCheckpointer(model).load(cfg.MODEL.WEIGHTS)
@@ -55,8 +59,7 @@ def main(argv=None) -> int:
         path = os.path.join(args.output, name)
         example = example_input(model, args.height, args.width)
         (export_onnx if args.format == "onnx" else export_torchscript)(model, path, example)
-        with open(os.path.join(args.output, "config.yaml"), "w") as f:
-            f.write(cfg.dump())
+        write_atomically(os.path.join(args.output, "config.yaml"), lambda f: f.write(config_text.encode()))
         with torch.no_grad():
             outputs = model.network(example)
         logits, masks = outputs["pred_logits"], outputs["pred_masks"]
