@@ -1,14 +1,23 @@
 # Two commands do all set-up on a fresh machine:
 #   make quickstart   set-up + train/evaluate/render on the built-in dataset
-#   make test         set-up + the whole test suite
+#   make test         set-up + the whole test suite (what CI runs: .ci/run)
+# and, once set up:
+#   make test-fast    the suite without the tests marked slow (end-to-end training)
+#   make lint         ruff over the repository (configuration: pyproject.toml)
 PY := .venv/bin/python
 
-.PHONY: setup test quickstart env clean-venv
+.PHONY: setup test test-fast lint quickstart env clean-venv
 setup:
 	@bash scripts/setup_env.sh
 
 test: setup
 	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+lint: setup
+	.venv/bin/ruff check .
 
 quickstart: setup
 	$(PY) scripts/quickstart.py

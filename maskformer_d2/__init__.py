@@ -26,8 +26,8 @@ def _dependencies_importable() -> bool:
                 return False
             raise MissingDependencyError(
                 f"maskformer_d2 needs {name}, which is not importable ({e}). Run `make setup` in the "
-                "maskformer_d2 checkout (it installs everything into .venv/), or see README.md "
-                "'Installing upstream detectron2' to use your own detectron2 build."
+                "maskformer_d2 checkout (it installs everything into .venv/), or see docs/getting_started.md "
+                "(Install) to use your own detectron2 build."
             ) from None
     return True
 

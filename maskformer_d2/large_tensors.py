@@ -1,12 +1,13 @@
 """Large CPU output tensors backed by transparent huge pages.
 
 The first write to freshly allocated memory makes the kernel map and zero it one 4 KiB page at a
-time: filling a new (150, 512, 512) float32 semantic output costs 38 400 page faults, 62-70 ms on
-our 2-core machine, against 18-21 ms when the allocation is advised for 2 MiB pages (Linux
-``madvise(MADV_HUGEPAGE)``; honoured when /sys/kernel/mm/transparent_hugepage/enabled is "always"
-or "madvise", a no-op when it is "never"). PyTorch does the same for every allocation when
-THP_MEM_ALLOC_ENABLE=1 is set before it starts; :func:`empty_large` does it for the few large
-outputs the post-processing allocates itself. Values are unaffected.
+time: filling a new (150, 512, 512) float32 semantic output costs 38 400 page faults. Advised for
+2 MiB pages, the same allocation faults once per 2 MiB and fills in a fraction of the time
+(measured in docs/performance.md). Advising is Linux ``madvise(MADV_HUGEPAGE)``, honoured when
+/sys/kernel/mm/transparent_hugepage/enabled is "always" or "madvise", a no-op when it is "never".
+PyTorch does the same for every allocation when THP_MEM_ALLOC_ENABLE=1 is set before it starts;
+:func:`empty_large` does it for the few large outputs the post-processing allocates itself.
+Values are unaffected.
 """
 import ctypes
 import ctypes.util

@@ -8,7 +8,7 @@ VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}
 STAMP="$VENV/.maskformer_d2_ready"
 LOG="$VENV/setup.log"
-want=$(cat requirements.txt setup.py scripts/setup_env.sh | sha256sum | cut -c1-16)
+want=$(cat requirements.txt pyproject.toml setup.py scripts/setup_env.sh | sha256sum | cut -c1-16)
 
 fail() { echo "setup failed: $*" >&2; exit 1; }
 pin() { grep -E "^$1==" requirements.txt | head -1 | cut -d= -f3; }
@@ -56,7 +56,7 @@ fi
 
 # 3. everything else, then the package itself (editable).
 grep -v -E '^(torch|torchvision|sal-detectron2)==' requirements.txt >"$VENV/.reqs.txt"
-run "installing fvcore, pycocotools, opencv, scipy, panopticapi, onnx, onnxruntime, openvino, pytest, transformers" \
+run "installing fvcore, pycocotools, opencv, scipy, panopticapi, onnx, onnxruntime, openvino, pytest, ruff, transformers" \
   "${PIP[@]}" install -r "$VENV/.reqs.txt" "torch==$("$VPY" -c 'import torch;print(torch.__version__.split("+")[0])')"
 # detectron2's own pure-Python requirements (its METADATA, minus numpy<2)
 run "installing detectron2's requirements" "${PIP[@]}" install "Pillow>=7.1" matplotlib "termcolor>=1.1" \

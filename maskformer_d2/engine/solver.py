@@ -75,9 +75,9 @@ def _optimizer_class(cfg: CfgNode) -> Type[torch.optim.Optimizer]:
 
 
 def _kernel_kwargs(cfg: CfgNode) -> Dict[str, Any]:
-    """Fused AdamW (one kernel for all tensors: ~5x faster than foreach on a CPU, where the
-    optimiser step was 10% of a quickstart iteration) unless AMP is on: a GradScaler hands fused
-    optimisers still-scaled gradients, which full-model clipping must not see."""
+    """Fused AdamW (the whole update in one kernel for all tensors rather than one kernel per
+    operation; see docs/performance.md) unless AMP is on: a GradScaler hands fused optimisers
+    still-scaled gradients, which full-model clipping must not see."""
     if cfg.SOLVER.OPTIMIZER.upper() == "ADAMW" and not cfg.SOLVER.AMP.ENABLED:
         return {"fused": True}
     return {"foreach": True}

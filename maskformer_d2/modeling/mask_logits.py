@@ -8,10 +8,10 @@ The per-pixel embeddings of the FPN pixel decoders are one linear convolution of
 is the same linear map with the conv and the embeddings composed first. At inference only the
 final decoder layer's Q = 100 masks are needed while the conv has MASK_DIM = 256 output channels,
 so the composed conv does Q / MASK_DIM of the multiplications and the (B, MASK_DIM, H/4, W/4)
-embeddings are never materialised (R50 at 512x512: one 3x3 conv at stride 4 plus the product,
-72-81 -> 27-34 ms here). The results equal the two-step ones up to float rounding (summation
-order). Exported graphs keep the two steps (their batch size is dynamic, and OpenVINO's CPU plugin
-refuses a convolution whose weight shape depends on it).
+embeddings are never materialised (for R50 at 512x512 it replaces a 3x3 conv at stride 4 plus
+the product; docs/performance.md has the timing). The results equal the two-step ones up to float
+rounding (summation order). Exported graphs keep the two steps (their batch size is dynamic, and
+OpenVINO's CPU plugin refuses a convolution whose weight shape depends on it).
 
 A pixel decoder hands over a :class:`DeferredProjection` instead of the embeddings only when asked
 (:func:`~maskformer_d2.modeling.heads.predictor_input.decode_and_predict` asks in eval mode when

@@ -51,9 +51,10 @@ class MaskFormer(nn.Module):
             size_divisibility: images are padded to a multiple of it (<0: the backbone's).
             tasks: names of the outputs inference returns (see :mod:`maskformer_d2.tasks`).
             inference_options: thresholds, top-k and thing classes of post-processing.
-            channels_last: keep 4-d weights and images in channels-last (NHWC) memory layout;
-                on the CPU oneDNN's convolutions run 1.2-1.7x faster so (the default there,
-                see ``from_config``). Values are the same up to float rounding.
+            channels_last: keep 4-d weights and images in channels-last (NHWC) memory layout,
+                in which oneDNN's CPU convolutions need no layout reorders (the default on the
+                CPU, see ``from_config``; docs/performance.md). Values are the same up to float
+                rounding.
         """
         super().__init__()
         self.backbone = backbone

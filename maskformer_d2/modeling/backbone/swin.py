@@ -35,9 +35,9 @@ __all__ = [
 # implementation uses -100. After the softmax a -100 pair weighs e^(d - 100) of the row's largest
 # weight (d: how far its logit exceeds the row's largest in-region logit), so unless d > 12.7 the
 # weight is a float32 subnormal, and unless d > ~83 it is too small to change any float32 sum it
-# enters: -inf gives the same outputs. Subnormal weights, however, made each masked attn @ v
-# 10-25x slower here (x86 handles subnormal arithmetic in microcode): 6 such products took ~80 ms
-# of a 0.68 s Swin-T inference at 512x512.
+# enters: -inf gives the same outputs. Subnormal weights, however, make each masked attn @ v
+# many times slower on x86 CPUs, which handle subnormal arithmetic in microcode (measured in
+# docs/performance.md).
 _CROSS_REGION_MASK_VALUE = float("-inf")
 
 

@@ -30,10 +30,10 @@ def multi_scale_deformable_attention(
     """Attention-weighted sum of bilinearly sampled values.
 
     Two exact implementations, chosen by what is faster on a CPU (measured at Mask2Former R50's
-    512x512 sizes, 2 cores): without autograd, one ``embedding_bag`` over the bilinear corner
-    rows (:func:`_gathered_attention`, 2.5x faster than ``grid_sample`` per level); with autograd,
-    ``grid_sample`` per level (:func:`_sampled_attention`), whose backward is 2x faster than
-    ``embedding_bag``'s.
+    512x512 sizes; numbers in docs/performance.md): without autograd, one ``embedding_bag`` over
+    the bilinear corner rows (:func:`_gathered_attention`, faster than ``grid_sample`` per level);
+    with autograd, ``grid_sample`` per level (:func:`_sampled_attention`), whose backward is
+    faster than ``embedding_bag``'s.
 
     Args:
         value: (B, S, M, D) values of all levels, flattened and concatenated (S = sum h_l*w_l),
