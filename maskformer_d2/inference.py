@@ -1,8 +1,0 @@
-"""Moved to :mod:`maskformer_d2.postprocessing` (this path works until 0.2, with a warning)."""
-from ._deprecated import moved_names
-
-__getattr__ = moved_names(
-    __name__,
-    "maskformer_d2.postprocessing",
-    ["class_probabilities", "semantic_inference", "panoptic_inference", "instance_inference"],
-)
