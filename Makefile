@@ -1,6 +1,6 @@
 # Two commands do all set-up on a fresh machine:
 #   make quickstart   set-up + train/evaluate/render on the built-in dataset
-#   make test         set-up + the whole test suite (what CI runs: .ci/run)
+#   make test         set-up + lint + the whole test suite (what CI runs: .ci/run)
 # and, once set up:
 #   make test-fast    the suite without the tests marked slow (end-to-end training)
 #   make lint         ruff over the repository (configuration: pyproject.toml)
@@ -11,6 +11,7 @@ setup:
 	@bash scripts/setup_env.sh
 
 test: setup
+	.venv/bin/ruff check .
 	$(PY) -m pytest -q
 
 test-fast: setup
@@ -23,7 +24,7 @@ quickstart: setup
 	$(PY) scripts/quickstart.py
 
 env: setup
-	$(PY) -m maskformer_d2.env
+	$(PY) -m maskformer_d2.utils.env
 
 clean-venv:
 	rm -rf .venv

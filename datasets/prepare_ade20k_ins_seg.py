@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import sys
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -58,6 +58,27 @@ def image_entry(image_path: str) -> Dict[str, Any]:
     return {"id": stem, "file_name": os.path.basename(image_path), "width": width, "height": height}
 
 
+def ade20k_splits(root: str, annotations: Sequence[str]) -> Iterator[Tuple[str, str, List[str]]]:
+    """For each split: its name ("train", "val"), the ADEChallengeData2016 folder, and the split's
+    folders of images and of each of ``annotations`` (e.g. "annotations_instance"), checked to exist."""
+    base = os.path.join(root, "ADEChallengeData2016")
+    for split, dirname in SPLITS:
+        folders = [os.path.join(base, kind, dirname) for kind in ("images", *annotations)]
+        require(folders, ADE20K_HOW.format(root=root))
+        yield split, base, folders
+
+
+def image_entries(image_dir: str) -> Iterator[Dict[str, Any]]:
+    """COCO image entries (id = file stem) of the .jpg images of a folder, in file-name order."""
+    for file_name in sorted(f for f in os.listdir(image_dir) if f.endswith(".jpg")):
+        yield image_entry(os.path.join(image_dir, file_name))
+
+
+def write_coco_json(path: str, images: List[Dict], annotations: List[Dict], categories: List[Dict]) -> None:
+    with open(path, "w") as f:
+        json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
+
+
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return parser(__doc__, "ADEChallengeData2016").parse_args(argv)
 
@@ -67,17 +88,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     from maskformer_d2.data.datasets.coco_formats import mask_to_annotation
 
     args = parse_args(argv)
-    base = os.path.join(args.root, "ADEChallengeData2016")
     class_map = instance_class_map()
     categories = [{"id": c["id"], "name": c["name"]}
                   for c in load_categories("ade20k_instance_100")]
-    for split, dirname in SPLITS:
-        image_dir = os.path.join(base, "images", dirname)
-        instance_dir = os.path.join(base, "annotations_instance", dirname)
-        require([image_dir, instance_dir], ADE20K_HOW.format(root=args.root))
+    for split, base, (image_dir, instance_dir) in ade20k_splits(args.root, ["annotations_instance"]):
         images, annotations = [], []
-        for file_name in sorted(f for f in os.listdir(image_dir) if f.endswith(".jpg")):
-            image = image_entry(os.path.join(image_dir, file_name))
+        for image in image_entries(image_dir):
             images.append(image)
             ins_path = os.path.join(instance_dir, image["id"] + ".png")
             ins_png = np.asarray(Image.open(ins_path))
@@ -85,8 +101,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 annotations.append({"id": len(annotations) + 1, "image_id": image["id"],
                                     "category_id": cls, "iscrowd": 0, **mask_to_annotation(mask)})
         out = os.path.join(base, f"ade20k_instance_{split}.json")
-        with open(out, "w") as f:
-            json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
+        write_coco_json(out, images, annotations, categories)
         logger.info(f"{split}: {len(images)} images, {len(annotations)} instances -> {out}")
     return 0
 

@@ -12,7 +12,6 @@ Stuff segments come from the semantic map (one per stuff class), thing segments 
 map (one per instance, painted over the stuff). Segment id = (category + 1) * 1000 + k.
 """
 import argparse
-import json
 import logging
 import os
 import sys
@@ -23,15 +22,15 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from prepare_ade20k_ins_seg import (  # noqa: E402
-    ADE20K_HOW,
-    image_entry,
+    ade20k_splits,
+    image_entries,
     instance_class_map,
     instance_segments,
+    write_coco_json,
 )
-from prepare_utils import parser, require  # noqa: E402
+from prepare_utils import parser  # noqa: E402
 
 logger = logging.getLogger("prepare_ade20k_pan_seg")
-SPLITS = (("train", "training"), ("val", "validation"))
 
 
 def panoptic_annotation(semantic: np.ndarray, ins_png: np.ndarray, is_thing: List[bool],
@@ -75,20 +74,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     from maskformer_d2.data.datasets.builtin_meta import ade20k_150_categories
 
     args = parse_args(argv)
-    base = os.path.join(args.root, "ADEChallengeData2016")
     categories = ade20k_150_categories()
     is_thing = [bool(c["isthing"]) for c in categories]
     class_map = instance_class_map()
-    for split, dirname in SPLITS:
-        image_dir = os.path.join(base, "images", dirname)
-        semantic_dir = os.path.join(base, "annotations", dirname)
-        instance_dir = os.path.join(base, "annotations_instance", dirname)
-        require([image_dir, semantic_dir, instance_dir], ADE20K_HOW.format(root=args.root))
+    for split, base, (image_dir, semantic_dir, instance_dir) in ade20k_splits(
+            args.root, ["annotations", "annotations_instance"]):
         out_dir = os.path.join(base, f"ade20k_panoptic_{split}")
         os.makedirs(out_dir, exist_ok=True)
         images, annotations = [], []
-        for file_name in sorted(f for f in os.listdir(image_dir) if f.endswith(".jpg")):
-            image = image_entry(os.path.join(image_dir, file_name))
+        for image in image_entries(image_dir):
             stem = image["id"]
             semantic = np.asarray(Image.open(os.path.join(semantic_dir, stem + ".png")))
             ins_path = os.path.join(instance_dir, stem + ".png")
@@ -99,8 +93,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             annotations.append({"image_id": stem, "file_name": stem + ".png",
                                 "segments_info": segments_info})
         out = os.path.join(base, f"ade20k_panoptic_{split}.json")
-        with open(out, "w") as f:
-            json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
+        write_coco_json(out, images, annotations, categories)
         logger.info(f"{split}: {len(images)} images -> {out_dir}, {out}")
     return 0
 

@@ -339,7 +339,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.input and not paths:
             return 1
         if args.allow_unsafe_pickle:
-            from maskformer_d2.safe_load import allow_unsafe_pickle
+            from maskformer_d2.checkpoint.safe_load import allow_unsafe_pickle
 
             allow_unsafe_pickle()
         cfg = setup_cfg(args)

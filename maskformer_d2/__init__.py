@@ -17,12 +17,12 @@ __version__ = "0.1.0"
 
 def _dependencies_importable() -> bool:
     """True when torch, torchvision and detectron2 import; else one clear
-    :class:`MissingDependencyError` (``python -m maskformer_d2.env`` reports them all instead)."""
+    :class:`MissingDependencyError` (``python -m maskformer_d2.utils.env`` reports them all instead)."""
     for name in ("torch", "torchvision", "detectron2"):
         try:
             __import__(name)
         except ImportError as e:
-            if "maskformer_d2.env" in getattr(sys, "orig_argv", []):
+            if "maskformer_d2.utils.env" in getattr(sys, "orig_argv", []):
                 return False
             raise MissingDependencyError(
                 f"maskformer_d2 needs {name}, which is not importable ({e}). Run `make setup` in the "
@@ -33,11 +33,11 @@ def _dependencies_importable() -> bool:
 
 
 if _dependencies_importable():
-    from . import data, modeling, tasks  # noqa: E402,F401  (registers everything)
+    from . import data, inference, modeling  # noqa: E402,F401  (registers everything)
     from .checkpoint import MaskFormerCheckpointer  # noqa: E402
     from .config import add_maskformer_config  # noqa: E402
+    from .engine.predictor import MaskFormerPredictor  # noqa: E402
     from .modeling import MaskFormer  # noqa: E402
-    from .predictor import MaskFormerPredictor  # noqa: E402
 
 __all__ = [
     "add_maskformer_config",

@@ -65,9 +65,11 @@ def main() -> int:
     from detectron2.engine import default_argument_parser
 
     from maskformer_d2.data import prepare_shapes
-    from maskformer_d2.engine import build_cfg, main as train_and_evaluate
+    from maskformer_d2.engine import build_cfg
+    from maskformer_d2.engine import main as train_and_evaluate
 
-    targs = default_argument_parser().parse_args(["--config-file", args.config_file, "OUTPUT_DIR", args.output_dir, *args.opts])
+    targs = default_argument_parser().parse_args(
+        ["--config-file", args.config_file, "OUTPUT_DIR", args.output_dir, *args.opts])
     cfg = build_cfg(targs)
     start = time.perf_counter()
     prepare_shapes(cfg)

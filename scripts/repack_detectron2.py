@@ -32,10 +32,11 @@ def repack(work: str) -> str:
     _edit(os.path.join(info, "WHEEL"), lambda t: re.sub(
         r"Root-Is-Purelib: \w+", "Root-Is-Purelib: true", re.sub(r"Tag: .*", "Tag: py3-none-any", t)))
     _edit(os.path.join(info, "METADATA"),
-          lambda t: "".join(l for l in t.splitlines(True) if not re.match(r"Requires-Dist: numpy", l)))
+          lambda t: "".join(line for line in t.splitlines(True) if not re.match(r"Requires-Dist: numpy", line)))
     record = os.path.join(info, "RECORD")
     _edit(record, lambda t: "".join(
-        l for l in t.splitlines(True) if not (l.startswith("tools/") or re.match(r"detectron2/_C\.", l))))
+        line for line in t.splitlines(True)
+        if not (line.startswith("tools/") or re.match(r"detectron2/_C\.", line))))
     out = os.path.join(work, "out")
     os.makedirs(out, exist_ok=True)
     subprocess.run([sys.executable, "-m", "wheel", "pack", "-d", out, root], check=True)

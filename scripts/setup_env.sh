@@ -62,7 +62,7 @@ run "installing fvcore, pycocotools, opencv, scipy, panopticapi, onnx, onnxrunti
 run "installing detectron2's requirements" "${PIP[@]}" install "Pillow>=7.1" matplotlib "termcolor>=1.1" \
   yacs tabulate cloudpickle tqdm tensorboard "hydra-core>=1.1" "omegaconf>=2.1" black packaging
 run "installing maskformer_d2 (editable)" "${PIP[@]}" install --no-deps --no-build-isolation -e .
-"$VPY" -m maskformer_d2.env --check --deps-only >>"$LOG" 2>&1 || fail "stack does not import after install (details: $LOG)
+"$VPY" -m maskformer_d2.utils.env --check --deps-only >>"$LOG" 2>&1 || fail "stack does not import after install (details: $LOG)
 $(tail -n 5 "$LOG")"
 echo "$want" >"$STAMP"
 echo "[setup] ready: $VENV" >&2

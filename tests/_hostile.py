@@ -75,7 +75,8 @@ def run_hostile(args: Sequence, *, env: Optional[Dict[str, str]] = None, cwd: Op
             os.wait4(proc.pid, 0)
             for t in readers:
                 t.join()
-            raise AssertionError(f"{cmd[1:]} ran past {TIME_LIMIT_S} s; stderr ends: {streams.get('stderr', '')[-1500:]}")
+            tail = streams.get("stderr", "")[-1500:]
+            raise AssertionError(f"{cmd[1:]} ran past {TIME_LIMIT_S} s; stderr ends: {tail}")
         time.sleep(0.05)
     seconds = time.monotonic() - start
     for t in readers:

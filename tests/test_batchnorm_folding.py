@@ -2,12 +2,10 @@
 import copy
 
 import torch
-from torch import nn
-
 from detectron2.config import get_cfg
-from detectron2.layers import Conv2d, FrozenBatchNorm2d
+from detectron2.layers import Conv2d, FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling import build_resnet_backbone
-from detectron2.layers import ShapeSpec
+from torch import nn
 
 from maskformer_d2.modeling.batchnorm_folding import (
     BatchNormFoldingConv2d,

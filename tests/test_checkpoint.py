@@ -4,9 +4,9 @@ import pickle
 
 import pytest
 import torch
+from _tiny_maskformer import tiny_cfg
 from detectron2.modeling import build_model
 
-from _tiny_maskformer import tiny_cfg
 from maskformer_d2.checkpoint import (
     CheckpointMismatchError,
     CheckpointReadError,

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from detectron2.config import get_cfg
+
 from maskformer_d2 import add_maskformer_config
 from maskformer_d2.modeling.criterion import SetCriterion, build_weight_dict
 from maskformer_d2.modeling.losses import (

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import torch
+from _tiny_maskformer import tiny_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 
-from _tiny_maskformer import tiny_cfg
 from maskformer_d2.data import prepare_shapes
 from maskformer_d2.data.datasets.shapes import shapes_spec
 from maskformer_d2.engine import Trainer
@@ -25,6 +25,7 @@ def coco_instances(tmp_path):
     MetadataCatalog.remove(name)
 
 
+@pytest.mark.slow
 def test_register_coco_instances_dataset_trains_an_instance_model(coco_instances, tmp_path):
     # detectron2 fills thing_dataset_id_to_contiguous_id only when the json is first read
     assert not hasattr(MetadataCatalog.get(coco_instances), "thing_dataset_id_to_contiguous_id")

@@ -1,4 +1,4 @@
-"""demo/demo.py and maskformer_d2.predictor: images in, renderings out, one clear line per bad input.
+"""demo/demo.py and maskformer_d2.engine.predictor: images in, renderings out, one clear line per bad input.
 
 The command-line tests run demo/demo.py as a subprocess (no $DISPLAY) with a tiny random-weight
 ResNet-18 MaskFormer saved to a temporary folder.
@@ -13,12 +13,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from _tiny_maskformer import tiny_cfg
 from detectron2.modeling import build_model
 
-from _tiny_maskformer import tiny_cfg
 from maskformer_d2.data.io import ImageReadError, read_image
 from maskformer_d2.data.metadata import display_metadata
-from maskformer_d2.predictor import MaskFormerPredictor
+from maskformer_d2.engine.predictor import MaskFormerPredictor
 from maskformer_d2.visualization import VisualizationDemo, configure_task
 
 REPO = Path(__file__).resolve().parents[1]
@@ -302,15 +302,18 @@ def test_output_problems_are_reported_before_the_model_is_built(setup, tmp_path)
     result = run_demo(setup, "--input", "astronaut.png", "--output", blocker / "vis",
                       "--opts", "MODEL.WEIGHTS", "gone.pth")
     assert_clean_failure(result, f"error: --output: cannot create {blocker / 'vis'} (Not a directory)")
-    result = run_demo(setup, "--video-input", "missing.mp4", "--output", tmp_path, "--opts", "MODEL.WEIGHTS", "gone.pth")
+    result = run_demo(setup, "--video-input", "missing.mp4", "--output", tmp_path,
+                      "--opts", "MODEL.WEIGHTS", "gone.pth")
     assert_clean_failure(result, "error: missing.mp4: no such file")
 
 
 def test_a_config_that_would_run_code_is_refused(setup, tmp_path):
     marker = tmp_path / "MARKER"
     config = tmp_path / "evil.yaml"
-    config.write_text(f"_BASE_: {setup / 'config.yaml'}\nMODEL:\n  WEIGHTS: !!python/object/apply:os.system [\"touch {marker}\"]\n")
-    cmd = [sys.executable, str(DEMO), "--config-file", str(config), "--input", "astronaut.png", "--output", str(tmp_path)]
+    config.write_text(f"_BASE_: {setup / 'config.yaml'}\n"
+                      f"MODEL:\n  WEIGHTS: !!python/object/apply:os.system [\"touch {marker}\"]\n")
+    cmd = [sys.executable, str(DEMO), "--config-file", str(config), "--input", "astronaut.png",
+           "--output", str(tmp_path)]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=setup, timeout=600)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     line = error_lines(result)[-1]

@@ -35,7 +35,7 @@ def test_env_report_lists_versions_and_passes_check():
     import detectron2
     import torch
 
-    proc = _run("-m", "maskformer_d2.env", "--check")
+    proc = _run("-m", "maskformer_d2.utils.env", "--check")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "torch" in proc.stdout and torch.__version__ in proc.stdout
     assert detectron2.__version__ in proc.stdout

@@ -6,10 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _tiny_maskformer import tiny_cfg
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 from maskformer_d2 import add_maskformer_config
+from maskformer_d2.checkpoint.safe_load import UNSAFE_PICKLE_ENV
 from maskformer_d2.deploy import (
     OpenVinoNetwork,
     attach_runtime,
@@ -18,10 +20,7 @@ from maskformer_d2.deploy import (
     load_runtime,
 )
 from maskformer_d2.errors import ExportError
-from maskformer_d2.safe_load import UNSAFE_PICKLE_ENV
-from maskformer_d2.tasks import set_enabled_tasks
-
-from _tiny_maskformer import tiny_cfg
+from maskformer_d2.inference.tasks import set_enabled_tasks
 
 pytest.importorskip("onnxruntime")
 REPO = Path(__file__).resolve().parents[1]
@@ -149,6 +148,7 @@ def test_a_size_frozen_export_refuses_other_sizes_in_one_line(tmp_path):
         runtime(torch.zeros(1, 3, 96, 96))
 
 
+@pytest.mark.slow
 def test_mask2former_reference_model_exports_at_any_size(reference_dir, tmp_path):
     """Mask2Former (Swin, deformable pixel decoder, masked attention) through ONNX Runtime at the
     export size and at others: the exported graph computes our network's function."""
@@ -200,6 +200,7 @@ def test_a_model_without_mask_classification_cannot_be_exported(tmp_path):
         export_onnx(model, str(tmp_path / "model.onnx"))
 
 
+@pytest.mark.slow
 def test_export_command_writes_the_model_and_its_config(tmp_path):
     cfg, _ = _tiny()
     config = tmp_path / "tiny.yaml"

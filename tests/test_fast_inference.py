@@ -4,14 +4,13 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+from _tiny_maskformer import tiny_cfg
 from detectron2.layers import Conv2d
 from detectron2.modeling import build_model
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 
-from maskformer_d2.large_tensors import advise_huge_pages, empty_large
-from maskformer_d2.modeling.mask_logits import DeferredProjection, is_linear_conv, mask_logits
-from maskformer_d2.separable_resize import linear_resize_matrix, resize_rows, resize_width
-from maskformer_d2.postprocessing import (
+from maskformer_d2.inference.large_tensors import advise_huge_pages, empty_large
+from maskformer_d2.inference.postprocessing import (
     ImagePrediction,
     InferenceOptions,
     instance_output,
@@ -20,8 +19,8 @@ from maskformer_d2.postprocessing import (
     semantic_output,
     upsampled_semantic_inference,
 )
-
-from _tiny_maskformer import tiny_cfg
+from maskformer_d2.inference.separable_resize import linear_resize_matrix, resize_rows, resize_width
+from maskformer_d2.modeling.mask_logits import DeferredProjection, is_linear_conv, mask_logits
 
 
 def _upsample(x, size):
@@ -72,7 +71,7 @@ def test_task_outputs_do_not_depend_on_which_masks_were_computed_first():
     alone = [_prediction(seed=s) for s in range(3)]
     together = [_prediction(seed=s) for s in range(3)]
     for a, t in zip(alone, together):
-        t.mask_pred  # every query's full-size masks exist already
+        _ = t.mask_pred  # every query's full-size masks exist already
         seg_a, info_a = panoptic_output(a, options)
         seg_t, info_t = panoptic_output(t, options)
         assert torch.equal(seg_a, seg_t) and info_a == info_t and info_a
@@ -212,7 +211,7 @@ def test_separable_resize_equals_interpolate(size):
 
 
 def test_a_pixel_decoder_subclass_with_its_own_forward_features_gets_no_deferred_flag():
-    from maskformer_d2.modeling.pixel_decoder.fpn import BasePixelDecoder
+    from maskformer_d2.modeling.pixel_decoder.maskformer_pixel_decoder import BasePixelDecoder
 
     class OwnDecoder(BasePixelDecoder):  # written against the two-argument contract
         def forward_features(self, features):

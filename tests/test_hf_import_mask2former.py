@@ -14,28 +14,25 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
-from detectron2.config import get_cfg  # noqa: E402
+import _hf_tiny as tiny  # noqa: E402
 from detectron2.data import MetadataCatalog  # noqa: E402
-from detectron2.modeling import build_model  # noqa: E402
-from transformers import (  # noqa: E402
-    Mask2FormerConfig, Mask2FormerForUniversalSegmentation, MaskFormerConfig, ResNetConfig, SwinConfig,
-)
+from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, MaskFormerConfig, SwinConfig  # noqa: E402
 
-from maskformer_d2 import add_maskformer_config  # noqa: E402
-from maskformer_d2.checkpoint import MaskFormerCheckpointer  # noqa: E402
 from maskformer_d2.convert.hf_mask2former import (  # noqa: E402
-    HFImportError, config_from_hf, config_overrides, convert_state_dict, import_hf_mask2former,
+    HFImportError,
+    config_from_hf,
+    config_overrides,
+    convert_state_dict,
+    import_hf_mask2former,
 )
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "convert-hf-mask2former-to-d2.py"
 CASE = "mask2former/cases/m2f_panoptic_swin_small"
-STAGES = ["stage1", "stage2", "stage3", "stage4"]
 BACKBONES = {
     # the reference case's Swin: embed 32, depths [1, 1, 2, 1], heads [1, 2, 4, 8], window 7
     "swin": lambda: SwinConfig(embed_dim=32, depths=[1, 1, 2, 1], num_heads=[1, 2, 4, 8], window_size=7,
-                               drop_path_rate=0.0, out_features=STAGES),
-    "resnet50": lambda: ResNetConfig(embedding_size=16, hidden_sizes=[32, 64, 128, 256], depths=[3, 4, 6, 3],
-                                     layer_type="bottleneck", out_features=STAGES),
+                               drop_path_rate=0.0, out_features=tiny.STAGES),
+    "resnet50": tiny.resnet50_config,
 }
 NUM_QUERIES, DEC_LAYERS = 16, 4
 
@@ -43,48 +40,24 @@ NUM_QUERIES, DEC_LAYERS = 16, 4
 def hf_config(backbone: str, labels: Optional[List[str]] = None, **overrides) -> Mask2FormerConfig:
     """The reference case's head: hidden / convs / mask dims 64, FFN 128, 2 encoder layers, 16 queries,
     DEC_LAYERS 4 (8 heads), 133 classes unless ``labels`` are given."""
-    extra = {"id2label": dict(enumerate(labels)), "label2id": {n: i for i, n in enumerate(labels)}} if labels else {}
     kwargs: Dict[str, Any] = {
         "backbone_config": BACKBONES[backbone](), "feature_size": 64, "mask_feature_size": 64, "hidden_dim": 64,
         "encoder_layers": 2, "decoder_layers": DEC_LAYERS, "dim_feedforward": 128, "num_queries": NUM_QUERIES,
         "num_labels": len(labels) if labels else 133, "output_auxiliary_logits": True,
     }
-    kwargs.update(extra, **overrides)
+    kwargs.update(tiny.label_fields(labels), **overrides)
     return Mask2FormerConfig(**kwargs)
 
 
 def hf_mask2former(backbone: str, labels: Optional[List[str]] = None) -> Mask2FormerForUniversalSegmentation:
     """A seeded, eval-mode HF Mask2Former whose weights are all non-trivial (HF zero-inits some)."""
-    torch.manual_seed(0)
-    model = Mask2FormerForUniversalSegmentation(hf_config(backbone, labels)).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-        for name, b in model.named_buffers():
-            if name.endswith("running_mean"):
-                b.uniform_(-0.2, 0.2)
-            elif name.endswith("running_var"):
-                b.uniform_(0.5, 1.5)
-    return model
+    config = hf_config(backbone, labels)
+    return tiny.seeded_model(lambda: Mask2FormerForUniversalSegmentation(config))
 
 
 @pytest.fixture(scope="module")
 def hf_models() -> Dict[str, Mask2FormerForUniversalSegmentation]:
     return {name: hf_mask2former(name) for name in BACKBONES}
-
-
-def ours_from(cfg, state=None, weights=None):
-    """Our model from ``cfg``, loaded strictly (every key and shape must fit), returning all predictions."""
-    cfg.MODEL.DEVICE = "cpu"
-    model = build_model(cfg).eval()
-    checkpointer = MaskFormerCheckpointer(model)
-    if weights is not None:
-        checkpointer.load(weights)
-    else:
-        checkpointer._loading = "converted"
-        checkpointer._load_model({"model": dict(state)})
-    model.sem_seg_head.predictor.aux_outputs_in_eval = True  # as HF's output_auxiliary_logits
-    return model
 
 
 def predictions(hf_output) -> List[Dict[str, torch.Tensor]]:
@@ -169,12 +142,10 @@ def test_resnet_keys_follow_the_official_manifest(hf_models, reference_dir):
 @pytest.mark.parametrize("backbone", sorted(BACKBONES))
 def test_converted_model_reproduces_hf_logits(hf_models, backbone):
     hf = hf_models[backbone]
-    ours = ours_from(config_from_hf(hf.config), convert_state_dict(hf.state_dict(), hf.config))
+    ours = tiny.ours_from(config_from_hf(hf.config), convert_state_dict(hf.state_dict(), hf.config))
     for height, width in ((64, 96), (72, 100)):  # 72x100: not a multiple of 32, both pad alike
-        pixel_values = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(height))
-        with torch.no_grad():
-            expected = predictions(hf(pixel_values=pixel_values))
-            got = ours.sem_seg_head(ours.backbone(pixel_values))  # HF's input is already normalised
+        got, hf_output = tiny.head_outputs(hf, ours, height, width)
+        expected = predictions(hf_output)
         assert expected[-1]["pred_masks"].shape == (1, NUM_QUERIES, (height + 3) // 4, (width + 3) // 4)
         assert expected[-1]["pred_masks"].abs().max() > 1.0  # not a degenerate all-zero comparison
         hidden = (expected[0]["pred_masks"] < 0).float().mean()  # the first attention mask hides
@@ -242,32 +213,9 @@ def test_save_pretrained_folder_round_trip(tmp_path):
     logits through the full meta-architecture, normalisation included."""
     from transformers import Mask2FormerImageProcessor
 
-    labels = list(MetadataCatalog.get("shapes_panoptic_train").stuff_classes)
-    hf = hf_mask2former("swin", labels)
-    hf.save_pretrained(tmp_path / "hf")
-    Mask2FormerImageProcessor(image_mean=[0.5, 0.4, 0.3], image_std=[0.2, 0.25, 0.3],
-                              size={"shortest_edge": 64, "longest_edge": 128}).save_pretrained(tmp_path / "hf")
-    weights, config = import_hf_mask2former(str(tmp_path / "hf"), str(tmp_path / "out"))
-
-    cfg = get_cfg()
-    add_maskformer_config(cfg)
-    cfg.merge_from_file(config)
-    assert cfg.MODEL.WEIGHTS == weights and weights.endswith("model_final.safetensors")
-    assert cfg.MODEL.PIXEL_MEAN == pytest.approx([127.5, 102.0, 76.5])  # HF mean / rescale_factor
-    assert cfg.MODEL.PIXEL_STD == pytest.approx([51.0, 63.75, 76.5])
-    assert (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST) == (64, 128)
-    assert (cfg.DATASETS.TRAIN, cfg.DATASETS.TEST) == (("shapes_panoptic_train",), ("shapes_panoptic_val",))
-    ours = ours_from(cfg, weights=cfg.MODEL.WEIGHTS)
-
-    image = torch.randint(0, 256, (3, 64, 96), generator=torch.Generator().manual_seed(3)).float()  # RGB 0..255
-    captured = {}
-    ours.sem_seg_head.register_forward_hook(lambda module, args, output: captured.update(output))
-    with torch.no_grad():
-        ours([{"image": image, "height": 64, "width": 96}])
-        mean, std = torch.tensor([0.5, 0.4, 0.3])[:, None, None], torch.tensor([0.2, 0.25, 0.3])[:, None, None]
-        pixel_values = (image / 255 - mean) / std  # what HF's image processor computes
-        expected = predictions(hf(pixel_values=pixel_values[None]))
-    assert_same_predictions(captured, expected)
+    _, got, hf_output = tiny.folder_round_trip(tmp_path, lambda labels: hf_mask2former("swin", labels),
+                                               Mask2FormerImageProcessor, import_hf_mask2former)
+    assert_same_predictions(got, predictions(hf_output))
 
 
 def test_cli_writes_weights_and_config_and_names_bad_sources(tmp_path, capsys):

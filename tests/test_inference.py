@@ -3,9 +3,9 @@ import math
 
 import pytest
 import torch
-
 from detectron2.structures import Boxes, Instances
-from maskformer_d2.postprocessing import (
+
+from maskformer_d2.inference.postprocessing import (
     class_probabilities,
     instance_inference,
     panoptic_inference,

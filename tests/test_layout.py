@@ -1,12 +1,9 @@
 """The layout rules of the package: scripts import the installed package (no ``sys.path`` edits,
-nothing imports ``train_net``), the package has no import cycle, and moved names keep working for
-one release with a DeprecationWarning."""
+nothing imports ``train_net``), the package has no import cycle, its layers import downwards only,
+its root keeps only what every layer shares, and each registry lives in its folder's build.py."""
 import ast
-import importlib
 from pathlib import Path
 from typing import Dict, List, Set
-
-import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "maskformer_d2"
@@ -92,29 +89,68 @@ def test_the_package_has_no_import_cycle():
     assert cycles == []
 
 
-@pytest.mark.parametrize("old, name, new", [
-    ("maskformer_d2.inference", "semantic_inference", "maskformer_d2.postprocessing"),
-    ("maskformer_d2.solver", "build_optimizer", "maskformer_d2.engine.solver"),
-    ("maskformer_d2.test_time_augmentation", "SemanticSegmentorWithTTA", "maskformer_d2.engine.tta"),
-    ("maskformer_d2.predictor", "VisualizationDemo", "maskformer_d2.visualization"),
-    ("maskformer_d2.predictor", "read_image", "maskformer_d2.data.io"),
-    ("maskformer_d2.data.dataset_mappers", "build_mapper", "maskformer_d2.data.mappers"),
-    ("maskformer_d2.data", "UnreadableFileError", "maskformer_d2.errors"),
-])
-def test_moved_names_still_import_with_a_deprecation_warning(old, name, new):
-    with pytest.warns(DeprecationWarning, match=rf"{old}\.{name} moved to {new}\."):
-        value = getattr(importlib.import_module(old), name)
-    new_name = "ImageReadError" if name == "UnreadableFileError" else name
-    assert value is getattr(importlib.import_module(new), new_name)
+# layers: a package on the left never imports one on the right (arrows point down only)
+_FORBIDDEN = {
+    "maskformer_d2.modeling": ("deploy", "engine", "evaluation", "visualization", "convert"),
+    "maskformer_d2.inference": ("modeling", "deploy", "engine", "evaluation", "visualization", "convert"),
+    "maskformer_d2.data": ("modeling", "deploy", "engine", "evaluation", "visualization", "convert"),
+    "maskformer_d2.checkpoint": ("modeling", "deploy", "engine", "evaluation", "visualization", "convert"),
+    "maskformer_d2.config": ("modeling", "deploy", "engine", "evaluation", "visualization", "convert"),
+    "maskformer_d2.evaluation": ("deploy", "engine", "visualization", "convert"),
+}
+
+
+def _all_imports(path: Path, name: str) -> Set[str]:
+    """Every module ``name`` imports, at module level or inside functions."""
+    is_package = path.name == "__init__.py"
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = name.split(".") if is_package else name.split(".")[:-1]
+            base = base[: len(base) - (node.level - 1)] if node.level else []
+            found.add(".".join(base + ([node.module] if node.module else [])))
+    return found
+
+
+def test_lower_layers_never_import_higher_ones():
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        name = _module_name(path)
+        for layer, forbidden in _FORBIDDEN.items():
+            if name != layer and not name.startswith(layer + "."):
+                continue
+            for target in _all_imports(path, name):
+                if any(target == f"maskformer_d2.{f}" or target.startswith(f"maskformer_d2.{f}.") for f in forbidden):
+                    offenders.append(f"{name} imports {target}")
+    assert offenders == []
+
+
+def test_the_package_root_keeps_only_what_every_layer_shares():
+    modules = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert modules == ["__init__.py", "errors.py", "registry.py"]
+    assert (PACKAGE / "config" / "__init__.py").is_file()
+
+
+def test_each_registry_lives_in_the_build_py_of_its_folder():
+    homes = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("Registry", "NamedRegistry")
+                    and path.name != "registry.py"):
+                homes.append(str(path.relative_to(PACKAGE)))
+    assert sorted(homes) == ["data/mappers/build.py", "modeling/pixel_decoder/build.py",
+                             "modeling/transformer_decoder/build.py"]
 
 
 def test_public_names_stay_importable():
     import maskformer_d2
     from maskformer_d2.checkpoint import CheckpointMismatchError, CheckpointReadError, MaskFormerCheckpointer
     from maskformer_d2.data import build_mapper, register_mapper  # noqa: F401
+    from maskformer_d2.engine.predictor import MaskFormerPredictor
     from maskformer_d2.evaluation import build_evaluators  # noqa: F401
     from maskformer_d2.modeling import PIXEL_DECODER_REGISTRY, TRANSFORMER_PREDICTOR_REGISTRY  # noqa: F401
-    from maskformer_d2.predictor import MaskFormerPredictor
 
     assert maskformer_d2.MaskFormerPredictor is MaskFormerPredictor
     assert maskformer_d2.MaskFormerCheckpointer is MaskFormerCheckpointer

@@ -12,7 +12,6 @@ from panopticapi.utils import id2rgb
 from PIL import Image
 
 from maskformer_d2.config import add_maskformer_config
-from maskformer_d2.errors import ImageReadError
 from maskformer_d2.data import (
     DATASET_MAPPER_REGISTRY,
     COCOPanopticLSJDatasetMapper,
@@ -23,6 +22,7 @@ from maskformer_d2.data import (
     build_mapper,
     register_mapper,
 )
+from maskformer_d2.errors import ImageReadError
 
 H, W = 20, 30
 
@@ -311,7 +311,8 @@ def test_semantic_mapper_from_config_crops_and_pads(tmp_path):
     labels[:, 40:] = 1
     d = {"file_name": _image(tmp_path, h=60, w=80), "sem_seg_file_name": _png(tmp_path, "s.png", labels)}
     cfg = _cfg(**{"INPUT.CROP.ENABLED": True, "INPUT.CROP.TYPE": "absolute",
-                  "INPUT.CROP.SIZE": (32, 32), "INPUT.CROP.SINGLE_CATEGORY_MAX_AREA": 0.9, "INPUT.MIN_SIZE_TRAIN": (60,),
+                  "INPUT.CROP.SIZE": (32, 32), "INPUT.CROP.SINGLE_CATEGORY_MAX_AREA": 0.9,
+                  "INPUT.MIN_SIZE_TRAIN": (60,),
                   "INPUT.MAX_SIZE_TRAIN": 1000, "INPUT.SIZE_DIVISIBILITY": 32,
                   "MODEL.SEM_SEG_HEAD.NUM_CLASSES": 2})
     np.random.seed(0)

@@ -16,17 +16,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from detectron2.modeling import build_model
 
 import maskformer_d2  # noqa: F401  (registers the models)
-from detectron2.modeling import build_model
 from maskformer_d2.config import load_config
-from maskformer_d2.modeling.pixel_decoder.ms_deform_attn import (
+from maskformer_d2.inference.postprocessing import panoptic_inference
+from maskformer_d2.modeling.pixel_decoder.deformable_attention import (
     MSDeformAttn,
     multi_scale_deformable_attention,
 )
 from maskformer_d2.modeling.recipe import num_train_points, recipe_of
 from maskformer_d2.modeling.transformer_decoder import TRANSFORMER_PREDICTOR_REGISTRY
-from maskformer_d2.postprocessing import panoptic_inference
 
 REPO = Path(__file__).resolve().parents[1]
 M2F_SHAPES = REPO / "configs" / "shapes" / "mask2former_R18_shapes.yaml"
@@ -225,6 +225,7 @@ def test_train_net_trains_the_mask2former_shapes_recipe(tmp_path):
         assert f"copypaste: Task: {task}\n" in proc.stderr + proc.stdout, task
 
 
+@pytest.mark.slow
 def test_demo_runs_an_official_mask2former_config_unchanged(tmp_path):
     """demo/demo.py with the official COCO panoptic R50 Mask2Former config as shipped (random
     weights of the full model): all three outputs drawn side by side."""

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from detectron2.config import get_cfg
+
 from maskformer_d2 import add_maskformer_config
 from maskformer_d2.modeling.matcher import HungarianMatcher
 

@@ -11,11 +11,11 @@ from typing import Dict
 import numpy as np
 import pytest
 import torch
-
-import maskformer_d2  # noqa: F401  (registers the model)
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
+
+import maskformer_d2  # noqa: F401  (registers the model)
 from maskformer_d2 import add_maskformer_config
 
 CASES = [

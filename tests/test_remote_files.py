@@ -1,6 +1,6 @@
 """Remote files land only in the download cache, under a name the URL cannot steer.
 
-Specification of :mod:`maskformer_d2.remote`, the one downloader (``MODEL.WEIGHTS`` URLs and, when
+Specification of :mod:`maskformer_d2.checkpoint.remote`, the one downloader (``MODEL.WEIGHTS`` URLs and, when
 allowed, ``_BASE_`` URLs): only http(s) is fetched, a ``..`` segment (also percent-encoded) is
 refused before any request, a redirect to another scheme is refused, the size is capped, a failed
 download leaves nothing behind, a finished one is reused. A local ``http.server`` on 127.0.0.1 plays
@@ -17,12 +17,12 @@ from typing import Dict, Iterator, List, Tuple
 
 import pytest
 import torch
-
 from _hostile import assert_refused, files_under, run_hostile
 from _tiny_maskformer import tiny_cfg
+
 from maskformer_d2.checkpoint import MaskFormerCheckpointer
+from maskformer_d2.checkpoint.remote import CACHE_ENV, MAX_DOWNLOAD_ENV, cached_name, download, resolve_url
 from maskformer_d2.errors import DownloadError
-from maskformer_d2.remote import CACHE_ENV, MAX_DOWNLOAD_ENV, cached_name, download, resolve_url
 
 REPO = Path(__file__).resolve().parents[1]
 # route -> (status, headers, body); a body of None with Content-Length sends nothing (a cut-off)

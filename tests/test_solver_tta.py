@@ -1,11 +1,10 @@
 """The optimiser recipe (param groups, full-model clipping) and semantic test-time augmentation."""
 import pytest
 import torch
+from _tiny_maskformer import tiny_cfg
+from detectron2.modeling import build_model
 from torch import nn
 
-from detectron2.modeling import build_model
-
-from _tiny_maskformer import tiny_cfg
 from maskformer_d2.engine.solver import build_lr_scheduler, build_optimizer, param_groups
 from maskformer_d2.engine.tta import SemanticSegmentorWithTTA
 

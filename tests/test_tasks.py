@@ -1,18 +1,26 @@
 """The table of output tasks: one entry per task, read by the config, the meta-architecture, the
-evaluators and the demo. A new task is one ``register_task`` call plus its function."""
+evaluators and the demo. A new task is one ``register_task`` call plus its function; its drawing
+and evaluators are attached by name where they are used."""
 import numpy as np
 import pytest
 import torch
+from _tiny_maskformer import tiny_cfg
 from detectron2.config import get_cfg
 from detectron2.evaluation import COCOEvaluator, COCOPanopticEvaluator, DatasetEvaluators, SemSegEvaluator
 from detectron2.modeling import build_model
 
-from _tiny_maskformer import tiny_cfg
 from maskformer_d2 import add_maskformer_config
 from maskformer_d2.evaluation import build_evaluators
-from maskformer_d2.postprocessing import ImagePrediction, InferenceOptions
-from maskformer_d2.tasks import TASKS, DrawContext, Task, enabled_tasks, register_task, set_enabled_tasks
-from maskformer_d2.visualization import VisualizationDemo, task_choices
+from maskformer_d2.inference.postprocessing import ImagePrediction, InferenceOptions
+from maskformer_d2.inference.tasks import TASKS, Task, enabled_tasks, register_task, set_enabled_tasks
+from maskformer_d2.visualization import (
+    TASK_DRAWINGS,
+    DrawContext,
+    VisualizationDemo,
+    drawing_of,
+    register_task_drawing,
+    task_choices,
+)
 
 
 def test_builtin_tasks_and_their_config_flags():
@@ -28,6 +36,7 @@ def test_builtin_tasks_and_their_config_flags():
     assert [t.name for t in enabled_tasks(cfg)] == ["semantic", "panoptic"]
 
 
+@pytest.mark.slow
 def test_evaluators_follow_the_enabled_tasks_and_the_metadata(tmp_path):
     cfg = set_enabled_tasks(tiny_cfg(), ["semantic", "instance", "panoptic"])
     evaluators = build_evaluators(cfg, "shapes_panoptic_val", str(tmp_path))
@@ -52,12 +61,18 @@ def _draw_objectness(ctx: DrawContext, objectness: torch.Tensor) -> np.ndarray:
 @pytest.fixture
 def toy_task():
     task = register_task(Task(
-        name="objectness", output_key="objectness", config_flag="OBJECTNESS_ON",
-        postprocess=_objectness, draw=_draw_objectness,
-        summarize=lambda out, _: f"{float(out.mean()):.2f} mean objectness",
+        name="objectness", output_key="objectness", config_flag="OBJECTNESS_ON", postprocess=_objectness,
     ))
+    register_task_drawing("objectness", _draw_objectness,
+                          summarize=lambda out, _: f"{float(out.mean()):.2f} mean objectness")
     yield task
-    del TASKS[task.name]
+    del TASKS[task.name], TASK_DRAWINGS[task.name]
+
+
+def test_a_task_without_a_drawing_says_how_to_attach_one():
+    with pytest.raises(KeyError, match="output task 'nothing' has no drawing; attach one with "
+                       "maskformer_d2.visualization.register_task_drawing"):
+        drawing_of("nothing")
 
 
 def test_a_new_task_is_one_entry_and_one_function(toy_task):

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from _tiny_maskformer import tiny_cfg
 from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model, build_resnet_backbone
 
-from _tiny_maskformer import tiny_cfg
 from maskformer_d2 import add_maskformer_config
 from maskformer_d2.checkpoint import MaskFormerCheckpointer
 
@@ -69,6 +69,7 @@ def test_torchvision_resnet_converts_to_the_same_d2_backbone(tmp_path, depth):
     assert torch.allclose(got, expected, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_torchvision_converter_rejects_other_files(tmp_path):
     torch.save({"patch_embed.proj.weight": torch.zeros(1)}, tmp_path / "swin.pth")
     result = run_tool("convert-torchvision-to-d2.py", tmp_path / "swin.pth", tmp_path / "x.pkl")
@@ -127,12 +128,3 @@ def test_official_swin_checkpoint_converts_into_the_backbone(tmp_path):
     model = build_model(_swin_cfg())
     MaskFormerCheckpointer(model).load(str(tmp_path / "official_tool.pkl"))
     assert all(torch.equal(model.state_dict()[k], after[k]) for k in after if k.startswith("backbone.layers."))
-
-
-def test_old_import_paths_still_resolve_with_a_deprecation_warning():
-    from maskformer_d2 import checkpoint, convert, hf_import
-
-    with pytest.warns(DeprecationWarning, match=r"maskformer_d2\.hf_import\.import_hf_maskformer moved"):
-        assert hf_import.import_hf_maskformer is convert.hf.import_hf_maskformer
-    with pytest.warns(DeprecationWarning, match=r"maskformer_d2\.checkpoint\.write_d2_checkpoint moved"):
-        assert checkpoint.write_d2_checkpoint is convert.files.write_d2_checkpoint

@@ -230,7 +230,8 @@ def test_eval_only_without_weights_is_an_error(tmp_path):
     proc = subprocess.run([*_train_cmd(tmp_path)[0][:2], "--eval-only", *_train_cmd(tmp_path)[0][2:]],
                           env=_train_cmd(tmp_path)[1], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines()[-1].startswith("train_net: error: --eval-only needs weights: set MODEL.WEIGHTS")
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("train_net: error: --eval-only needs weights: set MODEL.WEIGHTS")
 
 
 # ------------------------------------------------------------------------------------ DDP on CPU
@@ -336,5 +337,6 @@ def test_a_listed_but_missing_image_is_one_line(tmp_path):
     proc = run_train_net(tmp_path, *FAST, "SOLVER.MAX_ITER", "2")
     assert proc.returncode == 1, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("train_net: error: ") and "/images/train/0000" in last and ": no such file; re-create" in last
+    assert last.startswith("train_net: error: ")
+    assert "/images/train/0000" in last and ": no such file; re-create" in last
     assert "Traceback" not in proc.stderr

@@ -23,12 +23,11 @@ from typing import Dict, List, Tuple
 import numpy as np
 import pytest
 import torch
-
 from _hostile import assert_refused, files_under, run_hostile
 from _tiny_maskformer import tiny_cfg
+
 from maskformer_d2.checkpoint import MaskFormerCheckpointer
-from maskformer_d2.errors import CheckpointReadError, UnsafeCheckpointError
-from maskformer_d2.safe_load import (
+from maskformer_d2.checkpoint.safe_load import (
     MAX_BYTES_ENV,
     MAX_RATIO_ENV,
     UNSAFE_PICKLE_ENV,
@@ -37,6 +36,7 @@ from maskformer_d2.safe_load import (
     load_pth,
     load_safetensors,
 )
+from maskformer_d2.errors import CheckpointReadError, UnsafeCheckpointError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -18,11 +18,17 @@ import time
 from pathlib import Path
 
 import pytest
-
 from _hostile import assert_refused, run_hostile
 from test_remote_files import isolated, serving  # noqa: F401  (isolated is a fixture)
-from maskformer_d2.config import (MAX_CONFIG_BYTES, MAX_EXPRESSION_STEPS, REMOTE_CONFIG_ENV, REMOTE_CONFIG_FLAG,
-                                  evaluate_list_expression, load_config)
+
+from maskformer_d2.config import (
+    MAX_CONFIG_BYTES,
+    MAX_EXPRESSION_STEPS,
+    REMOTE_CONFIG_ENV,
+    REMOTE_CONFIG_FLAG,
+    evaluate_list_expression,
+    load_config,
+)
 from maskformer_d2.engine import argument_parser, cli
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _tiny_maskformer import tiny_cfg
 from detectron2.modeling import build_model
 
-from _tiny_maskformer import tiny_cfg
-from maskformer_d2.atomic import leftovers_of_dead_writers, write_atomically
 from maskformer_d2.checkpoint import MaskFormerCheckpointer
+from maskformer_d2.checkpoint.atomic import leftovers_of_dead_writers, write_atomically
+from maskformer_d2.checkpoint.safe_load import UNSAFE_PICKLE_ENV
 from maskformer_d2.engine.solver import build_lr_scheduler, build_optimizer
 from maskformer_d2.errors import CheckpointReadError, UnsafeCheckpointError
-from maskformer_d2.safe_load import UNSAFE_PICKLE_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -106,7 +106,8 @@ def test_trainer_checkpoints_with_resume_state_load_without_the_switch(tmp_path,
                                    scheduler=build_lr_scheduler(cfg, fresh_optimizer))
     extra = again.resume_or_load("", resume=True)
     assert extra["iteration"] == 9
-    assert torch.equal(fresh.state_dict()["backbone.stem.conv1.weight"], model.state_dict()["backbone.stem.conv1.weight"])
+    key = "backbone.stem.conv1.weight"
+    assert torch.equal(fresh.state_dict()[key], model.state_dict()[key])
     assert len(fresh_optimizer.state) == len(optimizer.state) > 0
 
 
@@ -128,6 +129,7 @@ def _run(*args, env=None):
                           timeout=600, cwd=REPO)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["pkl", "pth"])
 def test_demo_and_train_net_refuse_code_in_a_checkpoint(evil, tmp_path, kind):
     config = _tiny_config(tmp_path, evil[kind])
@@ -145,6 +147,7 @@ def test_demo_and_train_net_refuse_code_in_a_checkpoint(evil, tmp_path, kind):
     assert not evil["marker"].exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tool", ["demo", "train_net"])
 def test_with_the_flag_the_same_pth_loads(evil, tmp_path, tool):
     config = _tiny_config(tmp_path, evil["pth"])
@@ -217,14 +220,16 @@ def test_resume_falls_back_from_a_dangling_last_checkpoint(tmp_path, model_and_s
 def test_resume_with_no_readable_checkpoint_is_one_line(tmp_path, model_and_state):
     (tmp_path / "model_0000009.pth").write_bytes(b"PK\x03\x04 truncated")
     (tmp_path / "last_checkpoint").write_text("model_0000009.pth")
-    with pytest.raises(CheckpointReadError, match=r"^--resume: no readable checkpoint in .* \(1 tried: model_0000009\.pth\)"):
+    expected = r"^--resume: no readable checkpoint in .* \(1 tried: model_0000009\.pth\)"
+    with pytest.raises(CheckpointReadError, match=expected):
         MaskFormerCheckpointer(model_and_state[0], str(tmp_path)).resume_or_load("", resume=True)
 
 
 # ----------------------------------------------------------------------------- messages
 def test_messages_name_the_problem(tmp_path, model_and_state):
     model = model_and_state[0]
-    with pytest.raises(FileNotFoundError, match=r"checkpoint .*: is a directory, not a checkpoint file; set MODEL\.WEIGHTS"):
+    expected = r"checkpoint .*: is a directory, not a checkpoint file; set MODEL\.WEIGHTS"
+    with pytest.raises(FileNotFoundError, match=expected):
         MaskFormerCheckpointer(model).load(str(tmp_path))
     truncated = tmp_path / "t.pth"
     torch.save({"model": model.state_dict()}, truncated)

@@ -16,18 +16,21 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
+from _hostile import assert_refused, files_under, run_hostile  # noqa: E402
 from transformers import (  # noqa: E402
-    Mask2FormerConfig, Mask2FormerForUniversalSegmentation, MaskFormerConfig, MaskFormerForInstanceSegmentation,
+    Mask2FormerConfig,
+    Mask2FormerForUniversalSegmentation,
+    MaskFormerConfig,
+    MaskFormerForInstanceSegmentation,
     SwinConfig,
 )
 from transformers.models.maskformer.configuration_maskformer import MaskFormerDetrConfig  # noqa: E402
 
-from _hostile import assert_refused, files_under, run_hostile  # noqa: E402
+from maskformer_d2.checkpoint.safe_load import UNSAFE_PICKLE_ENV  # noqa: E402
 from maskformer_d2.convert import hf_folder  # noqa: E402
 from maskformer_d2.convert.hf import import_hf_maskformer  # noqa: E402
 from maskformer_d2.convert.hf_mask2former import import_hf_mask2former  # noqa: E402
 from maskformer_d2.errors import HFImportError, UnsafeCheckpointError  # noqa: E402
-from maskformer_d2.safe_load import UNSAFE_PICKLE_ENV  # noqa: E402
 
 STAGES = ["stage1", "stage2", "stage3", "stage4"]
 

@@ -24,14 +24,15 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from _hostile import assert_refused, files_under, run_hostile
+from _tiny_maskformer import tiny_cfg
 from detectron2.config import CfgNode
 from detectron2.modeling import build_model
 from onnx import TensorProto, helper
 from PIL import Image
 
-from _hostile import assert_refused, files_under, run_hostile
-from _tiny_maskformer import tiny_cfg
-from maskformer_d2.atomic import TEMPORARY_FILE, write_atomically
+from maskformer_d2.checkpoint.atomic import TEMPORARY_FILE, write_atomically
+from maskformer_d2.checkpoint.safe_load import UNSAFE_PICKLE_ENV
 from maskformer_d2.data.io import (
     DEFAULT_MAX_IMAGE_PIXELS,
     MAX_IMAGE_PIXELS_ENV,
@@ -41,9 +42,8 @@ from maskformer_d2.data.io import (
 )
 from maskformer_d2.deploy import export_onnx, load_runtime
 from maskformer_d2.deploy.runtime import check_external_data
+from maskformer_d2.engine.predictor import MaskFormerPredictor
 from maskformer_d2.errors import ExportError, ImageReadError
-from maskformer_d2.predictor import MaskFormerPredictor
-from maskformer_d2.safe_load import UNSAFE_PICKLE_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 VICTIM_TEXT = b"precious"
@@ -158,7 +158,8 @@ def test_the_pixel_budget_is_4096_squared_and_set_by_the_environment(tmp_path, m
         check_pixel_budget("photo.jpg", 4097, 4096)
     path = _png(tmp_path / "small.png", 20, 10)
     monkeypatch.setenv(MAX_IMAGE_PIXELS_ENV, "199")
-    with pytest.raises(ImageReadError, match=rf"20x10 image .* over the limit of 199 pixels.*{MAX_IMAGE_PIXELS_ENV}=200 or more$"):
+    expected = rf"20x10 image .* over the limit of 199 pixels.*{MAX_IMAGE_PIXELS_ENV}=200 or more$"
+    with pytest.raises(ImageReadError, match=expected):
         read_image(str(path))
     monkeypatch.setenv(MAX_IMAGE_PIXELS_ENV, "200")
     assert read_image(str(path)).shape == (10, 20, 3)
@@ -283,7 +284,8 @@ def test_external_data_outside_the_folder_or_not_a_file_is_refused(model_folder,
 
 def test_external_data_beyond_its_file_or_in_a_subgraph_is_refused(model_folder):
     path = _onnx_with_external_data(model_folder, "weights.bin", offset=8, length=4096)
-    with pytest.raises(ExportError, match=r"tensor 'weight' reads bytes 8\.\.4104 of 'weights\.bin', which has 16 bytes$"):
+    expected = r"tensor 'weight' reads bytes 8\.\.4104 of 'weights\.bin', which has 16 bytes$"
+    with pytest.raises(ExportError, match=expected):
         _check(path)
     path = _onnx_with_external_data(model_folder, "weights.bin", offset=-4)
     with pytest.raises(ExportError, match="reads bytes -4..12 of"):
@@ -298,7 +300,8 @@ def test_both_engines_check_external_data_before_reading_it(model_folder, engine
     if engine == "openvino":
         pytest.importorskip("openvino")
     path = _onnx_with_external_data(model_folder, "../secret.bin")
-    with pytest.raises(ExportError, match=r"^.*model\.onnx: tensor 'weight' reads its data from '\.\./secret\.bin', outside"):
+    expected = r"^.*model\.onnx: tensor 'weight' reads its data from '\.\./secret\.bin', outside"
+    with pytest.raises(ExportError, match=expected):
         load_runtime(str(path), engine=engine)
 
 

@@ -13,7 +13,6 @@ import sys
 
 from maskformer_d2.convert.backbones import convert_torchvision_resnet, main
 
-
 if __name__ == "__main__":
     sys.exit(main(None, __doc__, convert_torchvision_resnet, author="torchvision",
                   input_help="torchvision ResNet .pth (a state dict)"))

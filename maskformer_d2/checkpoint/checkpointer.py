@@ -11,7 +11,7 @@ the mistake shows up as garbage predictions. ``MaskFormerCheckpointer`` keeps ev
 * a backbone-only checkpoint (``"matching_heuristics": True``, as written by ``tools/convert-*``)
   may leave the head uninitialised as in d2, but a shape mismatch where it loads (e.g. the
   backbone) or "nothing matched" still raises;
-* no file runs code or sizes memory while it is read (:mod:`maskformer_d2.safe_load`):
+* no file runs code or sizes memory while it is read (:mod:`maskformer_d2.checkpoint.safe_load`):
   ``.safetensors`` hold tensors only, ``.pkl`` are interpreted without a real unpickler, ``.pth``
   go through ``torch.load(weights_only=True)`` once their zip was checked; anything else is
   refused (:class:`UnsafeCheckpointError`) unless the user allows full pickle explicitly;
@@ -34,14 +34,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import torch
-from fvcore.common.checkpoint import _IncompatibleKeys
-
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.checkpoint.c2_model_loading import convert_c2_detectron_names
+from fvcore.common.checkpoint import _IncompatibleKeys
 
-from ._deprecated import moved_names
+from ..errors import CheckpointMismatchError, CheckpointReadError, UnsafeCheckpointError
 from .atomic import leftovers_of_dead_writers, write_atomically
-from .errors import CheckpointMismatchError, CheckpointReadError, UnsafeCheckpointError
 from .remote import download, is_url
 from .safe_load import load_pkl, load_pth, load_safetensors
 
@@ -259,7 +257,7 @@ class MaskFormerCheckpointer(DetectionCheckpointer):
         """Load ``path`` (a local file, an http(s) URL or ``detectron2://...``); see the class
         docstring for the checks.
 
-        A URL is fetched by :func:`maskformer_d2.remote.download` (into the download cache, under a
+        A URL is fetched by :func:`maskformer_d2.checkpoint.remote.download` (into the download cache, under a
         name derived from the URL, size-capped) before detectron2 sees the path, so detectron2
         never downloads anything itself; the URL's query (``?matching_heuristics=True``) keeps
         detectron2's meaning.
@@ -397,6 +395,8 @@ class MaskFormerCheckpointer(DetectionCheckpointer):
     def _load_model(self, checkpoint: Dict[str, Any]) -> _IncompatibleKeys:
         name = self._loading or "<state dict>"
         heuristics = bool(checkpoint.get("matching_heuristics", False))
+        if hasattr(self.model, "rename_checkpoint_keys"):  # e.g. EoMT: official names -> ours
+            checkpoint["model"] = self.model.rename_checkpoint_keys(checkpoint["model"])
         ckpt_shapes = {k: _shape(v) for k, v in checkpoint["model"].items()}
         if heuristics and checkpoint.get("__author__") == "Caffe2":  # d2 renames these before matching
             renamed, _ = convert_c2_detectron_names(checkpoint["model"])
@@ -457,7 +457,3 @@ def _suffix_matches(model_keys: Iterable[str], ckpt_keys: Iterable[str]) -> Dict
         if candidates:
             pairs[key] = max(candidates, key=len)
     return pairs
-
-
-# names that lived here before 0.2
-__getattr__ = moved_names(__name__, "maskformer_d2.convert.files", ["read_state_dict", "write_d2_checkpoint"])

@@ -44,7 +44,7 @@ from typing import Any, BinaryIO, Callable, Dict, Iterator, List, Optional, Set,
 import numpy as np
 import torch
 
-from .errors import CheckpointReadError, UnsafeCheckpointError
+from ..errors import CheckpointReadError, UnsafeCheckpointError
 
 __all__ = [
     "UNSAFE_PICKLE_ENV",

@@ -4,26 +4,14 @@
 (poly LR, ResNet stem type / multi-grid) that the official YAMLs use, so official configs load
 unchanged.
 """
-import ast
-import contextlib
-import io
 import logging
-import os
-import re
-import stat
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple, Union
-from urllib.parse import urlsplit
 
 import torch
-import yaml
 from detectron2.config import CfgNode as CN
-from detectron2.config import get_cfg
 from detectron2.projects.deeplab import add_deeplab_config
 
-from ..errors import first_line
-from ..checkpoint.remote import download, is_url
 from ..inference.tasks import TASKS
-
+from .eomt import add_eomt_config
 
 
 def add_maskformer_config(cfg: CN) -> None:
@@ -81,7 +69,7 @@ def add_maskformer_config(cfg: CN) -> None:
     mf.TRANSFORMER_DECODER_NAME = "TransformerPredictor"
     # inference
     mf.TEST = CN()
-    # SEMANTIC_ON, INSTANCE_ON, PANOPTIC_ON, ...: one switch per output task (maskformer_d2.tasks)
+    # SEMANTIC_ON, INSTANCE_ON, PANOPTIC_ON, ...: one switch per output task (maskformer_d2.inference.tasks)
     for task in TASKS.values():
         mf.TEST[task.config_flag] = task.enabled_by_default
     mf.TEST.OVERLAP_THRESHOLD = 0.0
@@ -129,13 +117,12 @@ def add_maskformer_config(cfg: CN) -> None:
     cfg.DATASETS.SHAPES.NUM_VAL = 200
     cfg.DATASETS.SHAPES.IMAGE_SIZE = 128
 
-    # ---- added by the sem-seg head owner (transformer_decoder/transformer_predictor.py)
+    # ---- added by the sem-seg head owner (transformer_decoder/maskformer_transformer_decoder.py)
     # the official key (default False): give the transformer predictor a 1x1 conv input
     # projection even when the input already has HIDDEN_DIM channels
     mf.ENFORCE_INPUT_PROJ = False
 
     # ---- EoMT (MODEL.EOMT.*, its solver keys)
-    from .modeling.eomt.config import add_eomt_config
     add_eomt_config(cfg)
 
 

@@ -4,26 +4,9 @@ walking their syntax tree within budgets instead of by ``eval``.
 """
 import ast
 import contextlib
-import io
-import logging
-import os
-import re
-import stat
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple, Union
-from urllib.parse import urlsplit
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Union
 
-import torch
 import yaml
-from detectron2.config import CfgNode as CN
-from detectron2.config import get_cfg
-from detectron2.projects.deeplab import add_deeplab_config
-
-from ..errors import first_line
-from ..checkpoint.remote import download, is_url
-from ..inference.tasks import TASKS
-
-
-
 
 # ----------------------------------------------------------------------------- list expressions
 _EVAL_TAG = "tag:yaml.org,2002:python/object/apply:eval"

@@ -2,30 +2,22 @@
 ``_BASE_`` files, YAML aliases and the official configs' list expressions all within budgets),
 for the command-line tools.
 """
-import ast
 import contextlib
 import io
-import logging
 import os
 import re
 import stat
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 from urllib.parse import urlsplit
 
-import torch
 import yaml
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
-from detectron2.projects.deeplab import add_deeplab_config
 
-from ..errors import first_line
 from ..checkpoint.remote import download, is_url
-from ..inference.tasks import TASKS
-
-
+from ..errors import first_line
 from .defaults import add_maskformer_config
-from .expressions import _list_expressions_allowed
-
+from .expressions import _EVAL_TAG, _list_expressions_allowed
 
 # ----------------------------------------------------------------------------- reading configs
 REMOTE_CONFIG_ENV = "MASKFORMER_D2_ALLOW_REMOTE_CONFIG"
@@ -61,7 +53,7 @@ def load_config(config_file: str, opts: Sequence[str] = (), opts_name: str = "ov
       a ``_BASE_`` must be a ``.yaml``/``.yml`` file, and messages never quote a file's content;
     * a ``_BASE_`` URL is refused unless remote configs are allowed (``allow_remote``, by default
       ``MASKFORMER_D2_ALLOW_REMOTE_CONFIG=1``, which ``--allow-remote-config`` sets); an allowed one
-      is fetched by :func:`maskformer_d2.remote.download` into the download cache;
+      is fetched by :func:`maskformer_d2.checkpoint.remote.download` into the download cache;
     * YAML anchors/aliases may not expand the document beyond its own size (an "alias bomb"
       would otherwise hang whatever walks or dumps the config), nor refer to themselves, and keys
       are names such as ``MODEL`` (so that yacs' "unknown key" never quotes a file that is no config);

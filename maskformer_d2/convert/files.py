@@ -13,7 +13,7 @@ from typing import Callable, Dict, Optional, Sequence
 
 import torch
 
-from ..atomic import write_atomically
+from ..checkpoint.atomic import write_atomically
 from ..errors import CheckpointReadError, first_line
 
 __all__ = [
@@ -36,7 +36,7 @@ def read_state_dict(path: str, nested_keys: Sequence[str] = ("model", "state_dic
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such file")
-    from ..safe_load import load_pth  # torch.load(weights_only=True) once the zip's sizes are checked
+    from ..checkpoint.safe_load import load_pth  # torch.load(weights_only=True) once the zip's sizes are checked
 
     try:
         data = load_pth(path, path)

@@ -45,10 +45,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
-
 from detectron2.config import CfgNode, get_cfg
 
-from ..atomic import write_atomically
+from ..checkpoint.atomic import write_atomically
 from ..config import add_maskformer_config
 from ..errors import HFImportError
 from .files import write_safetensors_checkpoint
@@ -115,6 +114,26 @@ def _rule(pattern: str, target, part: Optional[str] = None) -> _Rule:
     return re.compile(pattern), fn, part
 
 
+def _param_group(hf_prefix: str) -> str:
+    """The back-reference of the group after the pattern ``hf_prefix``: the parameter name."""
+    return "\\" + str(re.compile(hf_prefix).groups + 1)
+
+
+def _module_rules(hf_prefix: str, ours_prefix: str, modules: Dict[str, str]) -> List[_Rule]:
+    """One rule per ``{HF module: our module}`` of ``modules`` (names under the two prefixes) for
+    their weight and bias; ``ours_prefix`` may refer to the groups of the ``hf_prefix`` pattern."""
+    param = _param_group(hf_prefix)
+    return [_rule(hf_prefix + re.escape(hf) + r"\.(weight|bias)$", f"{ours_prefix}{ours}.{param}")
+            for hf, ours in modules.items()]
+
+
+def _qkv_rules(hf_attention: str, ours_attention: str) -> List[_Rule]:
+    """HF's ``q_proj/k_proj/v_proj`` of an attention -> the parts of our packed ``in_proj_weight/bias``."""
+    param = _param_group(hf_attention)
+    return [_rule(hf_attention + rf"\.{part}_proj\.(weight|bias)$", f"{ours_attention}.in_proj_{param}", part)
+            for part in "qkv"]
+
+
 def _swin_rules() -> List[_Rule]:
     """HF Swin backbones -> ``D2SwinTransformer``: MaskFormer's ``maskformer-swin`` (under ``model.``)
     and the plain ``swin`` of Mask2Former (under ``swin.``, or nothing before transformers 5), with
@@ -174,32 +193,26 @@ def _head_rules(num_levels: int) -> List[_Rule]:
 
     dl = _re(_TRF) + r"decoder\.layers\.(\d+)\."
     ours = _HEAD + r"predictor.transformer.decoder.layers.\1."
-    rules = [
+    return [
         _rule(_re(_DEC) + r"fpn\.stem\.0\.weight$", f"{pd}layer_{coarse}.weight"),
         _rule(_re(_DEC) + r"fpn\.stem\.1\.(weight|bias)$", pd + f"layer_{coarse}" + r".norm.\1"),
         _rule(_re(_DEC) + r"fpn\.layers\.(\d+)\.proj\.0\.(weight)$", lambda m: fpn(m, "adapter", False)),
         _rule(_re(_DEC) + r"fpn\.layers\.(\d+)\.proj\.1\.(weight|bias)$", lambda m: fpn(m, "adapter", True)),
         _rule(_re(_DEC) + r"fpn\.layers\.(\d+)\.block\.0\.(weight)$", lambda m: fpn(m, "layer", False)),
         _rule(_re(_DEC) + r"fpn\.layers\.(\d+)\.block\.1\.(weight|bias)$", lambda m: fpn(m, "layer", True)),
-        _rule(_re(_DEC) + r"mask_projection\.(weight|bias)$", pd + r"mask_features.\1"),
         _rule(_re(_TRF) + r"queries_embedder\.weight$", _HEAD + "predictor.query_embed.weight"),
-        _rule(_re(_TRF) + r"input_projection\.(weight|bias)$", _HEAD + r"predictor.input_proj.\1"),
-        _rule(_re(_TRF) + r"decoder\.layernorm\.(weight|bias)$", _HEAD + r"predictor.transformer.decoder.norm.\1"),
-        _rule(dl + r"self_attn\.o_proj\.(weight|bias)$", ours + r"self_attn.out_proj.\2"),
-        _rule(dl + r"encoder_attn\.o_proj\.(weight|bias)$", ours + r"multihead_attn.out_proj.\2"),
-        _rule(dl + r"self_attn_layer_norm\.(weight|bias)$", ours + r"norm1.\2"),
-        _rule(dl + r"encoder_attn_layer_norm\.(weight|bias)$", ours + r"norm2.\2"),
-        _rule(dl + r"final_layer_norm\.(weight|bias)$", ours + r"norm3.\2"),
-        _rule(dl + r"mlp\.fc1\.(weight|bias)$", ours + r"linear1.\2"),
-        _rule(dl + r"mlp\.fc2\.(weight|bias)$", ours + r"linear2.\2"),
-        _rule(r"^class_predictor\.(weight|bias)$", _HEAD + r"predictor.class_embed.\1"),
+        *_module_rules(_re(_DEC), pd, {"mask_projection": "mask_features"}),
+        *_module_rules(_re(_TRF), _HEAD + "predictor.", {"input_projection": "input_proj",
+                                                         "decoder.layernorm": "transformer.decoder.norm"}),
+        *_module_rules(dl, ours, {"self_attn.o_proj": "self_attn.out_proj", "self_attn_layer_norm": "norm1",
+                                  "encoder_attn.o_proj": "multihead_attn.out_proj", "encoder_attn_layer_norm": "norm2",
+                                  "mlp.fc1": "linear1", "mlp.fc2": "linear2", "final_layer_norm": "norm3"}),
+        *_module_rules("^", _HEAD + "predictor.", {"class_predictor": "class_embed"}),
         _rule(r"^mask_embedder\.(\d+)\.0\.(weight|bias)$", _HEAD + r"predictor.mask_embed.layers.\1.\2"),
         _rule(r"^criterion\.empty_weight$", "criterion.empty_weight"),
+        *_qkv_rules(dl + "self_attn", ours + "self_attn"),
+        *_qkv_rules(dl + "encoder_attn", ours + "multihead_attn"),
     ]
-    for attn, ours_attn in (("self_attn", "self_attn"), ("encoder_attn", "multihead_attn")):
-        for part in ("q", "k", "v"):
-            rules.append(_rule(dl + rf"{attn}\.{part}_proj\.(weight|bias)$", ours + rf"{ours_attn}.in_proj_\2", part))
-    return rules
 
 
 # HF tensors with no counterpart: the unused final Swin norm, BatchNorm step counters
@@ -735,8 +748,8 @@ def main(argv: Optional[List[str]], doc: str, import_fn: Callable[[str, str], Tu
     import argparse
     import sys
 
+    from ..checkpoint.safe_load import UNSAFE_PICKLE_ENV, UNSAFE_PICKLE_FLAG, allow_unsafe_pickle
     from ..errors import CheckpointReadError, first_line
-    from ..safe_load import UNSAFE_PICKLE_ENV, UNSAFE_PICKLE_FLAG, allow_unsafe_pickle
 
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("source", help=f"HF {variant}: save_pretrained folder or hub id")

@@ -14,7 +14,7 @@ never hand transformers a path:
 * **Nothing from the folder runs.** A config with ``auto_map`` (custom code) is refused; transformers
   gets a config object built from the checked dict and a dict of tensors, with
   ``trust_remote_code=False``, so it never reads the folder, asks on stdin or imports its code.
-* **Weights are read without unpickling code**, by :mod:`maskformer_d2.safe_load`:
+* **Weights are read without unpickling code**, by :mod:`maskformer_d2.checkpoint.safe_load`:
   ``model.safetensors`` first, else ``pytorch_model.bin`` through ``torch.load(weights_only=True)``
   (full pickle only with ``--allow-unsafe-pickle`` / ``MASKFORMER_D2_ALLOW_UNSAFE_PICKLE=1``).
 * **Sizes are checked before allocating**: each field's bounds, then the model's parameter count
@@ -33,8 +33,8 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 import torch
 
+from ..checkpoint.safe_load import load_pth, load_safetensors
 from ..errors import CheckpointReadError, HFImportError, first_line
-from ..safe_load import load_pth, load_safetensors
 
 __all__ = [
     "CONFIG",

@@ -59,8 +59,8 @@ from .hf import (
     _DEC,
     _DIM,
     _FFN,
-    _HEADS,
     _HEAD,
+    _HEADS,
     _LAYERS,
     _PROBABILITY,
     _QUERIES,
@@ -73,9 +73,11 @@ from .hf import (
     _find_datasets,
     _label_names,
     _levels,
+    _module_rules,
     _no_datasets,
     _overrides,
     _pick_datasets,
+    _qkv_rules,
     _re,
     _rename_tensors,
     _require,
@@ -105,11 +107,9 @@ def _pixel_decoder_rules() -> List[_Rule]:
         _rule(dec + r"level_embed$", _PD + "transformer.level_embed"),
         _rule(layer + r"self_attn\.(sampling_offsets|attention_weights|value_proj|output_proj)\.(weight|bias)$",
               ours + r"self_attn.\2.\3"),
-        _rule(layer + r"self_attn_layer_norm\.(weight|bias)$", ours + r"norm1.\2"),
-        _rule(layer + r"fc1\.(weight|bias)$", ours + r"linear1.\2"),
-        _rule(layer + r"fc2\.(weight|bias)$", ours + r"linear2.\2"),
-        _rule(layer + r"final_layer_norm\.(weight|bias)$", ours + r"norm2.\2"),
-        _rule(dec + r"mask_projection\.(weight|bias)$", _PD + r"mask_features.\1"),
+        *_module_rules(layer, ours, {"self_attn_layer_norm": "norm1", "fc1": "linear1", "fc2": "linear2",
+                                     "final_layer_norm": "norm2"}),
+        *_module_rules(dec, _PD, {"mask_projection": "mask_features"}),
         _rule(dec + r"(adapter|layer)_(\d+)\.0\.weight$", _PD + r"\1_\2.weight"),
         _rule(dec + r"(adapter|layer)_(\d+)\.1\.(weight|bias)$", _PD + r"\1_\2.norm.\3"),
     ]
@@ -120,28 +120,23 @@ def _decoder_rules() -> List[_Rule]:
     layer = trf + r"decoder\.layers\.(\d+)\."
     cross, self_, ffn = (_PRED + f"transformer_{kind}_layers." + r"\1."
                          for kind in ("cross_attention", "self_attention", "ffn"))
-    rules = [
+    return [
         _rule(trf + r"queries_features\.weight$", _PRED + "query_feat.weight"),
         _rule(trf + r"queries_embedder\.weight$", _PRED + "query_embed.weight"),
         _rule(trf + r"level_embed\.weight$", _PRED + "level_embed.weight"),
         _rule(trf + r"input_projections\.(\d+)\.(weight|bias)$", _PRED + r"input_proj.\1.\2"),
-        _rule(trf + r"decoder\.layernorm\.(weight|bias)$", _PRED + r"decoder_norm.\1"),
+        *_module_rules(trf, _PRED, {"decoder.layernorm": "decoder_norm"}),
         _rule(trf + r"decoder\.mask_predictor\.mask_embedder\.(\d+)\.0\.(weight|bias)$",
               _PRED + r"mask_embed.layers.\1.\2"),
         _rule(layer + r"cross_attn\.(in_proj_weight|in_proj_bias|out_proj\.weight|out_proj\.bias)$",
               cross + r"multihead_attn.\2"),
-        _rule(layer + r"cross_attn_layer_norm\.(weight|bias)$", cross + r"norm.\2"),
-        _rule(layer + r"self_attn\.out_proj\.(weight|bias)$", self_ + r"self_attn.out_proj.\2"),
-        _rule(layer + r"self_attn_layer_norm\.(weight|bias)$", self_ + r"norm.\2"),
-        _rule(layer + r"fc1\.(weight|bias)$", ffn + r"linear1.\2"),
-        _rule(layer + r"fc2\.(weight|bias)$", ffn + r"linear2.\2"),
-        _rule(layer + r"final_layer_norm\.(weight|bias)$", ffn + r"norm.\2"),
-        _rule(r"^class_predictor\.(weight|bias)$", _PRED + r"class_embed.\1"),
+        *_module_rules(layer, cross, {"cross_attn_layer_norm": "norm"}),
+        *_module_rules(layer, self_, {"self_attn.out_proj": "self_attn.out_proj", "self_attn_layer_norm": "norm"}),
+        *_module_rules(layer, ffn, {"fc1": "linear1", "fc2": "linear2", "final_layer_norm": "norm"}),
+        *_module_rules("^", _PRED, {"class_predictor": "class_embed"}),
         _rule(r"^criterion\.empty_weight$", "criterion.empty_weight"),
+        *_qkv_rules(layer + "self_attn", self_ + "self_attn"),
     ]
-    for part in ("q", "k", "v"):
-        rules.append(_rule(layer + rf"self_attn\.{part}_proj\.(weight|bias)$", self_ + r"self_attn.in_proj_\2", part))
-    return rules
 
 
 def convert_state_dict(hf_state_dict: Dict[str, torch.Tensor], hf_config) -> Dict[str, torch.Tensor]:

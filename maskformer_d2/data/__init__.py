@@ -3,9 +3,10 @@ registration and the metadata the model and tools read.
 
 Importing this package registers every dataset name (nothing is read until a dataset is used).
 """
-from . import datasets  # noqa: F401  (registers the datasets)
-from . import mappers
-from .._deprecated import moved_names
+from . import (
+    datasets,  # noqa: F401  (registers the datasets)
+    mappers,
+)
 from .datasets import prepare_shapes, register_shapes
 from .io import ImageReadError, read_image
 from .mappers import *  # noqa: F401,F403  (re-exported: see mappers.__all__)
@@ -21,5 +22,3 @@ __all__ = [
     "thing_ids_from_metadata",
     "train_ignore_label",
 ]
-
-__getattr__ = moved_names(__name__, "maskformer_d2.errors", {"UnreadableFileError": "ImageReadError"})

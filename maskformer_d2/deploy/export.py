@@ -11,7 +11,7 @@ shapes) are computed with traced tensor arithmetic. A module of your own whose t
 fits only the export size says so with ``EXPORT_FIXED_SIZE = True``; the file then records that
 size and the runtime refuses others.
 
-Both exporters write their file with :func:`~maskformer_d2.atomic.write_atomically`: a failed
+Both exporters write their file with :func:`~maskformer_d2.checkpoint.atomic.write_atomically`: a failed
 or interrupted export leaves the previous file (or none), never half a model.
 """
 import io
@@ -22,8 +22,9 @@ from typing import Dict, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..atomic import write_atomically
+from ..checkpoint.atomic import write_atomically
 from ..errors import ExportError, first_line
+from ..modeling.export_mode import is_exporting
 
 __all__ = ["ExportableNetwork", "export_onnx", "export_torchscript", "is_exporting", "METADATA_KEY",
            "INPUT_NAME", "OUTPUT_NAMES", "ONNX_OPSET"]
@@ -32,12 +33,6 @@ INPUT_NAME = "images"
 OUTPUT_NAMES = ("pred_logits", "pred_masks")
 METADATA_KEY = "maskformer_d2"
 ONNX_OPSET = 18
-
-
-def is_exporting() -> bool:
-    """Whether the model is being traced (``torch.jit.trace``, ``torch.onnx.export``): modules
-    that compute something differently for an exported graph ask this."""
-    return torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
 
 
 class ExportableNetwork(nn.Module):

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..checkpoint.safe_load import UNSAFE_PICKLE_ENV, UNSAFE_PICKLE_FLAG, unsafe_pickle_allowed
 from ..errors import ExportError, first_line
-from ..safe_load import UNSAFE_PICKLE_ENV, UNSAFE_PICKLE_FLAG, unsafe_pickle_allowed
 from .export import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES
 
 __all__ = ["OnnxRuntimeNetwork", "OpenVinoNetwork", "TorchScriptNetwork", "attach_runtime",

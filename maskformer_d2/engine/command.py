@@ -13,22 +13,20 @@ import signal
 import sys
 from typing import Dict, List, Optional
 
+import detectron2.utils.comm as comm
 import torch
 import torch.multiprocessing
-
-import detectron2.utils.comm as comm
 from detectron2.config import CfgNode
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import MaskFormerCheckpointer, resume_candidates
-from ..config import (REMOTE_CONFIG_ENV, REMOTE_CONFIG_FLAG, allow_remote_config, load_config,
-                      resolve_device)
+from ..checkpoint.remote import is_url, resolve_url
+from ..checkpoint.safe_load import UNSAFE_PICKLE_ENV, UNSAFE_PICKLE_FLAG, allow_unsafe_pickle
+from ..config import REMOTE_CONFIG_ENV, REMOTE_CONFIG_FLAG, allow_remote_config, load_config, resolve_device
 from ..data import prepare_shapes, register_shapes
 from ..errors import first_line
-from ..remote import is_url, resolve_url
-from ..safe_load import UNSAFE_PICKLE_ENV, UNSAFE_PICKLE_FLAG, allow_unsafe_pickle
 from .trainer import Trainer
 
 __all__ = ["argument_parser", "build_cfg", "setup", "main", "cli"]

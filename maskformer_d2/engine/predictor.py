@@ -9,16 +9,14 @@ to ``INPUT.FORMAT``; returns the model's output dict for the image. Drawing the 
 import logging
 from typing import Dict, Optional
 
+import detectron2.data.transforms as T
 import numpy as np
 import torch
-
-import detectron2.data.transforms as T
 from detectron2.config import CfgNode
 from detectron2.modeling import build_model
 
-from ._deprecated import moved_names
-from .checkpoint import MaskFormerCheckpointer
-from .config import resolve_device
+from ..checkpoint import MaskFormerCheckpointer
+from ..config import resolve_device
 
 __all__ = ["MaskFormerPredictor"]
 
@@ -55,7 +53,7 @@ class MaskFormerPredictor:
         self.model = build_model(self.cfg)
         self.model.eval()
         if exported:
-            from .deploy import attach_runtime
+            from ..deploy import attach_runtime
             attach_runtime(self.model, exported)
         elif self.cfg.MODEL.WEIGHTS:
             MaskFormerCheckpointer(self.model).load(self.cfg.MODEL.WEIGHTS)
@@ -82,15 +80,3 @@ class MaskFormerPredictor:
         tensor = torch.as_tensor(np.ascontiguousarray(resized).astype("float32").transpose(2, 0, 1))
         with torch.no_grad():
             return self.model([{"image": tensor, "height": height, "width": width}])[0]
-
-
-# names that lived here before 0.2
-__getattr__ = moved_names(__name__, "maskformer_d2.visualization", {
-    "configure_task": "configure_task",
-    "VisualizationDemo": "VisualizationDemo",
-    "read_frames": "read_frames",
-    "side_by_side": "side_by_side",
-    "ImageReadError": "maskformer_d2.errors:ImageReadError",
-    "read_image": "maskformer_d2.data.io:read_image",
-    "display_metadata": "maskformer_d2.data.metadata:display_metadata",
-})

@@ -8,12 +8,13 @@ import itertools
 from typing import Any, Dict, List, Type
 
 import torch
-from torch import nn
-
 from detectron2.config import CfgNode
 from detectron2.projects.deeplab.lr_scheduler import WarmupPolyLR as _D2WarmupPolyLR
 from detectron2.solver import build_lr_scheduler as build_d2_lr_scheduler
 from detectron2.solver.build import maybe_add_gradient_clipping
+from torch import nn
+
+from .eomt_solver import build_two_stage_lr_scheduler, with_layer_decay
 
 __all__ = ["build_optimizer", "build_lr_scheduler", "param_groups", "WarmupPolyLR"]
 
@@ -88,7 +89,8 @@ def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
     kwargs = _kernel_kwargs(cfg)
     if cfg.SOLVER.OPTIMIZER.upper() == "SGD":
         kwargs["momentum"] = cfg.SOLVER.MOMENTUM
-    return _optimizer_class(cfg)(param_groups(model, cfg), cfg.SOLVER.BASE_LR, **kwargs)
+    groups = with_layer_decay(model, cfg, param_groups(model, cfg))  # EoMT's ViT: per-block LR
+    return _optimizer_class(cfg)(groups, cfg.SOLVER.BASE_LR, **kwargs)
 
 
 class WarmupPolyLR(_D2WarmupPolyLR):
@@ -110,6 +112,8 @@ class WarmupPolyLR(_D2WarmupPolyLR):
 def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer):
     """``SOLVER.LR_SCHEDULER_NAME``: "WarmupPolyLR" (the official recipe), or any of d2's."""
     s = cfg.SOLVER
+    if s.LR_SCHEDULER_NAME == "TwoStageWarmupPolyLR":  # EoMT's
+        return build_two_stage_lr_scheduler(cfg, optimizer)
     if s.LR_SCHEDULER_NAME != "WarmupPolyLR":
         return build_d2_lr_scheduler(cfg, optimizer)
     return WarmupPolyLR(optimizer, s.MAX_ITER, warmup_factor=s.WARMUP_FACTOR,

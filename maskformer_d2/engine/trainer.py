@@ -74,7 +74,8 @@ class Trainer(DefaultTrainer):
     def build_hooks(self):
         # DefaultTrainer.__init__ calls this right after making its DetectionCheckpointer: swap in
         # ours (clear errors on checkpoints that do not fit) before the hooks capture it
-        self.checkpointer = MaskFormerCheckpointer(self._trainer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = MaskFormerCheckpointer(self._trainer.model, self.cfg.OUTPUT_DIR,
+                                                   trainer=weakref.proxy(self))
         built = super().build_hooks()
         # d2's evaluation hook keeps its results in a private attribute: use one that keeps them here
         built = [

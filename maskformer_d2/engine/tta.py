@@ -2,10 +2,9 @@
 from typing import Dict, List
 
 import torch
-from torch import nn
-
 from detectron2.data.transforms import HFlipTransform
 from detectron2.modeling import DatasetMapperTTA
+from torch import nn
 
 from ..data.io import read_image
 

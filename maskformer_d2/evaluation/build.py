@@ -1,18 +1,77 @@
 """Which detectron2 evaluators judge a dataset: those of every enabled output task that the
-dataset's metadata can judge (each task declares its own in :mod:`maskformer_d2.tasks`).
+dataset's metadata can judge. Each task's evaluators are attached to the task table of
+:mod:`maskformer_d2.inference.tasks` by task name here; a new task's are one
+:func:`register_task_evaluators` call.
 
 A panoptic dataset gets several at once, so one model reports PQ, mask AP and mIoU.
 """
 import os
-from typing import List, Optional
+from typing import Callable, Dict, List, Optional
 
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
-from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators
+from detectron2.data.catalog import Metadata
+from detectron2.evaluation import (
+    CityscapesInstanceEvaluator,
+    CityscapesSemSegEvaluator,
+    COCOEvaluator,
+    COCOPanopticEvaluator,
+    DatasetEvaluator,
+    DatasetEvaluators,
+    SemSegEvaluator,
+)
 
-from .tasks import enabled_tasks
+from ..inference.tasks import enabled_tasks
 
-__all__ = ["build_evaluators"]
+__all__ = ["build_evaluators", "TASK_EVALUATORS", "register_task_evaluators", "evaluators_of"]
+
+#: ``(dataset name, its metadata, output folder) -> [DatasetEvaluator]`` ([] when the dataset
+#: cannot judge the task)
+EvaluatorFactory = Callable[[str, Metadata, str], List[DatasetEvaluator]]
+
+#: task name -> its evaluators
+TASK_EVALUATORS: Dict[str, EvaluatorFactory] = {}
+
+
+def register_task_evaluators(name: str, factory: EvaluatorFactory) -> None:
+    """Attach evaluators to the output task ``name``."""
+    TASK_EVALUATORS[name] = factory
+
+
+def evaluators_of(name: str, dataset_name: str, meta: Metadata, output_folder: str) -> List[DatasetEvaluator]:
+    """The evaluators of task ``name`` for a dataset ([] for a task without evaluators)."""
+    factory = TASK_EVALUATORS.get(name)
+    return factory(dataset_name, meta, output_folder) if factory is not None else []
+
+
+def _semantic_evaluators(name: str, meta: Metadata, output_folder: str) -> List[DatasetEvaluator]:
+    kind = meta.get("evaluator_type", None)
+    if kind == "cityscapes_sem_seg":
+        return [CityscapesSemSegEvaluator(name)]
+    if kind == "sem_seg" or meta.get("sem_seg_root", None) is not None:
+        return [SemSegEvaluator(name, distributed=True, output_dir=output_folder)]
+    return []
+
+
+def _instance_evaluators(name: str, meta: Metadata, output_folder: str) -> List[DatasetEvaluator]:
+    kind = meta.get("evaluator_type", None)
+    if kind == "cityscapes_instance":
+        return [CityscapesInstanceEvaluator(name)]
+    if kind == "coco" or meta.get("json_file", None) is not None:
+        return [COCOEvaluator(name, tasks=("segm",), distributed=True, output_dir=output_folder)]
+    return []
+
+
+def _panoptic_evaluators(name: str, meta: Metadata, output_folder: str) -> List[DatasetEvaluator]:
+    # what COCOPanopticEvaluator reads; any dataset registered the COCO-panoptic way has them
+    if meta.get("panoptic_json", None) is None or meta.get("panoptic_root", None) is None:
+        return []
+    return [COCOPanopticEvaluator(name, output_folder)]
+
+
+register_task_evaluators("semantic", _semantic_evaluators)
+register_task_evaluators("instance", _instance_evaluators)
+register_task_evaluators("panoptic", _panoptic_evaluators)
 
 
 def build_evaluators(cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None) -> DatasetEvaluator:
@@ -21,7 +80,7 @@ def build_evaluators(cfg: CfgNode, dataset_name: str, output_folder: Optional[st
     meta = MetadataCatalog.get(dataset_name)
     evaluators: List[DatasetEvaluator] = []
     for task in enabled_tasks(cfg):
-        evaluators += task.evaluators(dataset_name, meta, output_folder)
+        evaluators += evaluators_of(task.name, dataset_name, meta, output_folder)
     if not evaluators:
         kind = meta.get("evaluator_type", None)
         raise NotImplementedError(

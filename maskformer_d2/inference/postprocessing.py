@@ -9,7 +9,7 @@ All tasks start from the same prediction of the final decoder layer, held by
   see :class:`QueryMasks`).
 
 and share :func:`class_probabilities`; they differ only in how queries are combined. The table
-of tasks that calls these functions is :mod:`maskformer_d2.tasks`.
+of tasks that calls these functions is :mod:`maskformer_d2.inference.tasks`.
 """
 import functools
 from dataclasses import dataclass
@@ -17,10 +17,9 @@ from typing import Dict, FrozenSet, List, Optional, Set, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
-
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import BitMasks, Boxes, Instances
+from torch import Tensor
 
 from .large_tensors import empty_large
 from .separable_resize import linear_resize_matrix, resize_rows, resize_width
@@ -199,7 +198,7 @@ def upsampled_semantic_inference(mask_cls: Tensor, low_res_mask_pred: Tensor,
     """``semantic_inference(mask_cls, upsample(low_res_mask_pred, size))`` without holding the
     (Q, H, W) upsampled masks.
 
-    The bilinear upsampling is separable (:mod:`maskformer_d2.separable_resize`): the masks are
+    The bilinear upsampling is separable (:mod:`maskformer_d2.inference.separable_resize`): the masks are
     resized along the width once, (Q, h, W), then along the height a band of output rows at a
     time; each band goes through the sigmoid and is summed over queries while it is still in
     the cache. Equal to the whole-image computation within float rounding.
@@ -352,7 +351,7 @@ def instance_inference(
 
 
 # ----------------------------------------------------------------------------- per task
-# What each task of :mod:`maskformer_d2.tasks` computes from an :class:`ImagePrediction`.
+# What each task of :mod:`maskformer_d2.inference.tasks` computes from an :class:`ImagePrediction`.
 def semantic_output(p: ImagePrediction, options: InferenceOptions) -> Tensor:
     """(K, height, width) semantic scores (the model's "sem_seg")."""
     if options.sem_seg_postprocess_before_inference:

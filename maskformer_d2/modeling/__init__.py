@@ -1,5 +1,5 @@
 """Importing this package registers every model part in its registry."""
-from . import backbone, heads, pixel_decoder, transformer_decoder  # noqa: F401
+from . import backbone, eomt, heads, pixel_decoder, transformer_decoder  # noqa: F401
 from .criterion import SetCriterion
 from .matcher import HungarianMatcher
 from .meta_arch import MaskFormer

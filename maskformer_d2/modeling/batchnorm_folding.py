@@ -11,9 +11,8 @@ from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
 from detectron2.layers import Conv2d, FrozenBatchNorm2d
+from torch import Tensor, nn
 
 __all__ = ["BatchNormFoldingConv2d", "enable_batchnorm_folding", "fold_batchnorm"]
 

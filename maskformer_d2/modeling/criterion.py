@@ -17,10 +17,9 @@ from typing import Dict, List, Mapping, Sequence, Tuple
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch import Tensor, nn
-
 from detectron2.config import configurable
 from detectron2.utils.comm import get_world_size
+from torch import Tensor, nn
 
 from .losses import (
     dice_loss,

@@ -14,11 +14,10 @@ a loss or a matching. Targets must be binary (0/1) masks.
 import contextlib
 from typing import ContextManager, List, Sequence, Tuple
 
-from torch.autograd import Function
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd import Function
 
 __all__ = [
     "no_autocast",

@@ -9,10 +9,9 @@ from typing import Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+from detectron2.config import configurable
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
-
-from detectron2.config import configurable
 
 from .losses import batch_dice_cost, batch_sigmoid_focal_cost, no_autocast, pad_masks_to_common_size
 from .point_sampling import matcher_points, sample_masks

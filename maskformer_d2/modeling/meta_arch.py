@@ -1,21 +1,20 @@
 """The MaskFormer meta-architecture: wires backbone, sem-seg head, criterion and post-processing.
 
 Training: images -> backbone -> head -> {pred_logits, pred_masks, aux_outputs} -> SetCriterion.
-Inference: the same predictions -> each enabled output task of :mod:`maskformer_d2.tasks`
+Inference: the same predictions -> each enabled output task of :mod:`maskformer_d2.inference.tasks`
 (semantic, instance, panoptic, ...), switched on by ``MODEL.MASK_FORMER.TEST.*_ON``.
 """
 from typing import Dict, List, Sequence
 
 import torch
-from torch import nn
-
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone, build_sem_seg_head
 from detectron2.structures import BitMasks, ImageList
+from torch import nn
 
 from ..data.metadata import thing_ids_from_metadata
-from ..postprocessing import ImagePrediction, InferenceOptions
-from ..tasks import enabled_tasks, get_task
+from ..inference.postprocessing import ImagePrediction, InferenceOptions
+from ..inference.tasks import enabled_tasks, get_task
 from .batchnorm_folding import enable_batchnorm_folding
 from .criterion import SetCriterion
 from .recipe import recipe_of
@@ -49,7 +48,7 @@ class MaskFormer(nn.Module):
             criterion: the loss module; its ``weight_dict`` weights the returned losses.
             pixel_mean, pixel_std: per-channel normalisation, in ``INPUT.FORMAT`` order.
             size_divisibility: images are padded to a multiple of it (<0: the backbone's).
-            tasks: names of the outputs inference returns (see :mod:`maskformer_d2.tasks`).
+            tasks: names of the outputs inference returns (see :mod:`maskformer_d2.inference.tasks`).
             inference_options: thresholds, top-k and thing classes of post-processing.
             channels_last: keep 4-d weights and images in channels-last (NHWC) memory layout,
                 in which oneDNN's CPU convolutions need no layout reorders (the default on the

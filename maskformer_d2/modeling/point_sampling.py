@@ -16,12 +16,11 @@ importance_sample_ratio), 2)`` (N = matched masks of the batch).
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
-
 from detectron2.projects.point_rend.point_features import (
     get_uncertain_point_coords_with_randomness,
     point_sample,
 )
+from torch import Tensor
 
 __all__ = ["PointSampling", "matcher_points", "loss_points", "sample_masks"]
 

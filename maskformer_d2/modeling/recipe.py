@@ -43,10 +43,15 @@ RECIPES = {
 
 def recipe_of(cfg) -> Recipe:
     """The recipe of the transformer decoder ``cfg`` names (its class's ``RECIPE``)."""
-    from .transformer_decoder.transformer_predictor import TRANSFORMER_PREDICTOR_REGISTRY
+    from detectron2.modeling import META_ARCH_REGISTRY
+
+    from .transformer_decoder.build import TRANSFORMER_PREDICTOR_REGISTRY
 
     name = cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME
     cls = TRANSFORMER_PREDICTOR_REGISTRY.get(name) if name in TRANSFORMER_PREDICTOR_REGISTRY else None
+    meta = cfg.MODEL.META_ARCHITECTURE  # a meta-architecture without decoder (EoMT) declares it
+    if getattr(META_ARCH_REGISTRY.get(meta) if meta in META_ARCH_REGISTRY else None, "RECIPE", None):
+        cls, name = META_ARCH_REGISTRY.get(meta), meta
     recipe = getattr(cls, "RECIPE", "maskformer")
     if recipe not in RECIPES:
         raise ValueError(f"transformer decoder {name!r} declares RECIPE={recipe!r}; "

@@ -1,6 +1,6 @@
 """Print the versions of what maskformer_d2 runs on, like detectron2's collect_env.
 
-``python -m maskformer_d2.env`` prints a table; ``--check`` exits non-zero when anything is missing.
+``python -m maskformer_d2.utils.env`` prints a table; ``--check`` exits non-zero when anything is missing.
 """
 import argparse
 import importlib

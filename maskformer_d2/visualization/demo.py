@@ -2,22 +2,22 @@
 
 * :func:`configure_task`: a config whose ``MODEL.MASK_FORMER.TEST.*_ON`` produce what a
   ``--task`` draws;
-* :class:`VisualizationDemo`: a :class:`~maskformer_d2.predictor.MaskFormerPredictor` plus each
-  task's drawing from :mod:`maskformer_d2.tasks` (detectron2's ``Visualizer`` for images,
+* :class:`VisualizationDemo`: a :class:`~maskformer_d2.engine.predictor.MaskFormerPredictor` plus
+  each task's drawing from :mod:`maskformer_d2.visualization.drawing` (detectron2's ``Visualizer`` for images,
   ``VideoVisualizer`` for videos); ``all`` puts the renderings side by side.
 """
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
-
 from detectron2.config import CfgNode
 from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import ColorMode
 
-from .data.metadata import display_metadata, thing_ids_from_metadata
-from .predictor import MaskFormerPredictor
-from .tasks import TASKS, DrawContext, enabled_tasks, get_task, set_enabled_tasks
+from ..data.metadata import display_metadata, thing_ids_from_metadata
+from ..engine.predictor import MaskFormerPredictor
+from ..inference.tasks import TASKS, enabled_tasks, get_task, set_enabled_tasks
+from .drawing import DrawContext, drawing_of
 
 __all__ = [
     "ALL",
@@ -55,7 +55,8 @@ def configure_task(cfg: CfgNode, task: Optional[str]) -> CfgNode:
     if task not in task_choices():
         raise ValueError(f"task {task!r}: choose one of {', '.join(task_choices())}")
     names = _task_names(task)
-    if any(get_task(n).needs_thing_classes for n in names) and thing_ids_from_metadata(cfg.DATASETS.TRAIN, load_if_needed=True) is None:
+    needs_things = any(get_task(n).needs_thing_classes for n in names)
+    if needs_things and thing_ids_from_metadata(cfg.DATASETS.TRAIN, load_if_needed=True) is None:
         dataset = cfg.DATASETS.TRAIN[0] if len(cfg.DATASETS.TRAIN) else "(none)"
         raise ValueError(
             f"task {task!r} needs thing classes, but DATASETS.TRAIN[0] {dataset!r} defines no "
@@ -117,7 +118,8 @@ class VisualizationDemo:
 
     def summarize(self, predictions: Dict) -> str:
         """A few words on what was found, e.g. "12 panoptic segments, 3 instances"."""
-        parts = [t.summarize(predictions[t.output_key], self.confidence_threshold) for t in reversed(self.tasks)]
+        parts = [drawing_of(t.name).summarize(predictions[t.output_key], self.confidence_threshold)
+                 for t in reversed(self.tasks)]
         return ", ".join(p for p in parts if p)
 
     def run_on_image(self, image: np.ndarray) -> Tuple[Dict, np.ndarray]:
@@ -131,7 +133,7 @@ class VisualizationDemo:
         """
         predictions = self.predictor(image)
         ctx = self._context(image[:, :, ::-1])
-        panels = [(t.name, t.draw(ctx, predictions[t.output_key])) for t in self.tasks]
+        panels = [(t.name, drawing_of(t.name).draw(ctx, predictions[t.output_key])) for t in self.tasks]
         return predictions, side_by_side(panels)
 
     def run_on_video(self, frames: Iterable[np.ndarray]) -> Iterator[Tuple[Dict, np.ndarray]]:
@@ -144,7 +146,8 @@ class VisualizationDemo:
             predictions = self.predictor(frame)
             rgb = frame[:, :, ::-1]
             panels = [
-                (t.name, t.draw(self._context(rgb, visualizers[t.name]), predictions[t.output_key]))
+                (t.name, drawing_of(t.name).draw(self._context(rgb, visualizers[t.name]),
+                                                 predictions[t.output_key]))
                 for t in self.tasks
             ]
             yield predictions, np.ascontiguousarray(side_by_side(panels)[:, :, ::-1])

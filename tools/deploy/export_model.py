@@ -38,14 +38,14 @@ def main(argv=None) -> int:
         import torch
         from detectron2.modeling import build_model
 
-        from maskformer_d2.atomic import write_atomically
         from maskformer_d2.checkpoint import MaskFormerCheckpointer
+        from maskformer_d2.checkpoint.atomic import write_atomically
         from maskformer_d2.config import load_config
         from maskformer_d2.deploy import export_onnx, export_torchscript
         from maskformer_d2.deploy.export import INPUT_NAME, example_input
 
         if args.allow_unsafe_pickle:
-            from maskformer_d2.safe_load import allow_unsafe_pickle
+            from maskformer_d2.checkpoint.safe_load import allow_unsafe_pickle
             allow_unsafe_pickle()
         cfg = load_config(args.config_file, [*args.opts, "MODEL.DEVICE", "cpu"], opts_name="--opts")
         config_text = cfg.dump()  # before anything is written: a config that cannot be dumped writes nothing

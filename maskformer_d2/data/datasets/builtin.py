@@ -139,7 +139,7 @@ def _register_panoptic(name: str, meta: Dict[str, Any], how: str, *, image_root:
         name, lambda: load_panoptic_json(panoptic_json, image_root, panoptic_root, sem_seg_root,
                                          meta),
         [image_root, panoptic_json, panoptic_root, sem_seg_root], how))
-    # a json_file is what makes the instance evaluator run on a dataset (maskformer_d2.tasks)
+    # a json_file is what makes the instance evaluator run on a dataset (maskformer_d2.inference.tasks)
     instances = {} if json_file is None else {"json_file": json_file}
     MetadataCatalog.get(name).set(
         panoptic_root=panoptic_root, image_root=image_root, panoptic_json=panoptic_json,

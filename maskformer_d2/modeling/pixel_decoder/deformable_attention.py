@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ...deploy.export import is_exporting
+from ..export_mode import is_exporting
 
 __all__ = ["MSDeformAttn", "multi_scale_deformable_attention"]
 

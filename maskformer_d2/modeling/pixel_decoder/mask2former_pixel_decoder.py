@@ -3,7 +3,7 @@ then an FPN step down to stride 4.
 
 The encoder (``transformer``) lets every position of res3-res5 (``DEFORMABLE_TRANSFORMER_
 ENCODER_IN_FEATURES``) attend to a few sampled positions of all of them
-(:class:`~.ms_deform_attn.MSDeformAttn`); the finer backbone levels (res2) are added FPN-style
+(:class:`~.deformable_attention.MSDeformAttn`); the finer backbone levels (res2) are added FPN-style
 (``adapter_i`` lateral 1x1 conv + bilinear upsampling + ``layer_i`` 3x3 conv). Outputs: the
 per-pixel embeddings (``mask_features``, 1x1 conv, stride 4), the coarsest encoder level and the
 multi-scale features the masked-attention decoder reads (the first three levels, coarsest first).
@@ -24,8 +24,8 @@ from ..losses import no_autocast
 from ..transformer_decoder.position_encoding import PositionEmbeddingSine
 from ..transformer_decoder.transformer import _xavier_init
 from .build import PIXEL_DECODER_REGISTRY, head_input_shape
-from .fpn import Norm, _conv_norm
-from .ms_deform_attn import MSDeformAttn
+from .deformable_attention import MSDeformAttn
+from .maskformer_pixel_decoder import Norm, _conv_norm
 
 __all__ = ["MSDeformAttnEncoderLayer", "MSDeformAttnTransformerEncoderOnly", "MSDeformAttnPixelDecoder"]
 

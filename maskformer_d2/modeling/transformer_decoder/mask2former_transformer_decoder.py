@@ -19,9 +19,10 @@ from detectron2.layers import Conv2d
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .build import TRANSFORMER_PREDICTOR_REGISTRY
+from .maskformer_transformer_decoder import MLP
 from .position_encoding import PositionEmbeddingSine
 from .transformer import _image_to_sequence, _with_pos, _xavier_init
-from .transformer_predictor import MLP, TRANSFORMER_PREDICTOR_REGISTRY
 
 __all__ = ["SelfAttentionLayer", "CrossAttentionLayer", "FFNLayer", "MultiScaleMaskedTransformerDecoder"]
 

@@ -8,37 +8,15 @@ from typing import Dict, Optional, Union
 import fvcore.nn.weight_init as weight_init
 from detectron2.config import configurable
 from detectron2.layers import Conv2d
-from detectron2.utils.registry import Registry
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ...registry import lookup
 from ..mask_logits import DeferredProjection, mask_logits
+from .build import TRANSFORMER_PREDICTOR_REGISTRY
 from .position_encoding import PositionEmbeddingSine
 from .transformer import Transformer
 
-__all__ = ["TRANSFORMER_PREDICTOR_REGISTRY", "build_transformer_predictor", "MLP", "TransformerPredictor"]
-
-TRANSFORMER_PREDICTOR_REGISTRY = Registry("TRANSFORMER_PREDICTOR")
-TRANSFORMER_PREDICTOR_REGISTRY.__doc__ = """
-Registry for transformer predictors: modules built as ``cls(cfg, in_channels, mask_classification)``
-whose ``forward(x, mask_features)`` returns MaskFormer's output dict
-(``pred_logits``, ``pred_masks`` and optionally ``aux_outputs``).
-"""
-
-
-def build_transformer_predictor(cfg, in_channels: int, mask_classification: bool = True) -> nn.Module:
-    """Build the predictor named by ``cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME``.
-
-    Args:
-        in_channels: channels of the feature map the predictor attends to.
-        mask_classification: also predict a class per query (False: masks only, as in the
-            per-pixel baseline+).
-    """
-    cls = lookup(TRANSFORMER_PREDICTOR_REGISTRY, cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME,
-                 "MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME", "TRANSFORMER_PREDICTOR_REGISTRY")
-    return cls(cfg, in_channels, mask_classification)
-
+__all__ = ["MLP", "TransformerPredictor"]
 
 class MLP(nn.Module):
     """``num_layers`` linear layers with ReLU between them (DETR's FFN): in -> hidden... -> out."""

@@ -14,7 +14,7 @@ import numpy as np
 from detectron2.config import CfgNode
 from PIL import Image
 
-from ....atomic import leftovers_of_dead_writers
+from ....checkpoint.atomic import leftovers_of_dead_writers
 from ..coco_formats import mask_to_annotation, panoptic_segment_id
 from .render import render_scene
 from .spec import (

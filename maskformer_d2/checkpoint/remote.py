@@ -33,8 +33,8 @@ import urllib.request
 from typing import BinaryIO, Callable, Optional
 from urllib.parse import unquote, urljoin, urlsplit
 
+from ..errors import DownloadError, first_line
 from .atomic import leftovers_of_dead_writers, write_atomically
-from .errors import DownloadError, first_line
 
 __all__ = [
     "CACHE_ENV",

@@ -1,0 +1,191 @@
+"""EoMT's parts on hand-made inputs, and its training recipe against the official one.
+
+* the annealing schedule (1 before its start, 0 from its end, polynomial between), its state in
+  the checkpoint, and a resumed run continuing it from the trainer's iteration;
+* the attention mask of a query block (which tokens a query sees, the random reset of masks);
+* the sliding windows of the semantic inference;
+* the optimiser: every parameter's LR (layer-wise decay), weight decay and the two-stage warm-up
+  + poly schedule equal the official ``configure_optimizers`` (tests/data/eomt_reference);
+* export: the exported network computes the same logits.
+"""
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from detectron2.utils.events import EventStorage
+from test_eomt_parity import SMALL, build, small_cfg
+
+from maskformer_d2.engine.solver import build_lr_scheduler, build_optimizer
+from maskformer_d2.modeling.eomt import MaskAnnealing, annealed_probability
+from maskformer_d2.modeling.eomt.mask_annealing import query_attention_mask
+from maskformer_d2.modeling.eomt.official_keys import rename_official_eomt_keys
+from maskformer_d2.modeling.eomt.sliding_window import merge_window_scores, window_spans
+
+REF = Path(__file__).parent / "data" / "eomt_reference"
+
+
+# ----------------------------------------------------------------------------- annealing
+def test_annealed_probability_is_polynomial_between_start_and_end():
+    assert annealed_probability(99, 100, 200, 0.9) == 1.0
+    assert annealed_probability(100, 100, 200, 0.9) == 1.0
+    assert annealed_probability(150, 100, 200, 0.9) == pytest.approx(0.5 ** 0.9)
+    assert annealed_probability(175, 100, 200, 2.0) == pytest.approx(0.0625)
+    assert annealed_probability(200, 100, 200, 0.9) == 0.0
+
+
+def test_annealing_steps_every_block_on_its_own_schedule():
+    annealing = MaskAnnealing(3, [0, 10, 20], [10, 20, 30], power=1.0)
+    annealing.step(15)
+    assert annealing.probs.tolist() == [0.0, 0.5, 1.0]
+    with pytest.raises(ValueError, match="NUM_BLOCKS"):
+        MaskAnnealing(2, [0, 10, 20], [10, 20, 30])
+
+
+def test_training_anneals_from_the_trainer_iteration_and_a_resumed_model_continues():
+    opts = ("MODEL.EOMT.ATTN_MASK_ANNEALING_START_STEPS", [2, 4], "MODEL.EOMT.ATTN_MASK_ANNEALING_END_STEPS", [6, 8],
+            "MODEL.EOMT.ATTN_MASK_ANNEALING_POWER", 1.0)
+    model = build("semantic", opts=opts).train()
+    image = {"image": torch.zeros(3, 64, 64), "instances": _one_instance()}
+    with EventStorage(start_iter=5) as storage:
+        model([image])
+        assert storage.history("attn_mask_prob_0").latest() == pytest.approx(0.25)
+    assert model.mask_annealing.probs.tolist() == pytest.approx([0.25, 0.75])
+    resumed = build("semantic", opts=opts)
+    resumed.load_state_dict(model.state_dict())  # the probabilities are part of the checkpoint
+    assert resumed.mask_annealing.probs.tolist() == pytest.approx([0.25, 0.75])
+    with EventStorage(start_iter=7):
+        resumed.train()([image])
+    assert resumed.mask_annealing.probs.tolist() == pytest.approx([0.0, 0.25])
+
+
+def _one_instance():
+    from detectron2.structures import BitMasks, Instances
+
+    masks = torch.zeros(1, 64, 64, dtype=torch.bool)
+    masks[0, 10:30, 5:50] = True
+    return Instances((64, 64), gt_classes=torch.tensor([2]), gt_masks=BitMasks(masks))
+
+
+def test_official_annealing_state_is_our_buffer():
+    renamed = rename_official_eomt_keys({"network.attn_mask_probs": torch.zeros(4),
+                                         "network.encoder.pixel_mean": torch.zeros(1, 3, 1, 1)})
+    assert list(renamed) == ["mask_annealing.probs"]
+
+
+# ----------------------------------------------------------------------------- attention mask
+def test_query_rows_see_the_patches_of_their_mask_and_everything_else_is_visible():
+    # 2 queries, 1 prefix token, 2x2 patches; mask logits already at patch resolution
+    logits = torch.tensor([[[[1.0, -1.0], [-1.0, 1.0]], [[-1.0, -1.0], [-1.0, -1.0]]]])
+    mask = query_attention_mask(logits, num_tokens=7, num_prefix=1, grid_size=(2, 2), prob=torch.tensor(1.0))
+    assert mask[0, 0].tolist() == [True, True, True, True, False, False, True]
+    assert mask[0, 1].tolist() == [True, True, True, False, False, False, False]
+    assert mask[0, 2:].all()  # prefix and patch tokens attend everywhere
+    state = torch.get_rng_state()
+    never = query_attention_mask(logits, 7, 1, (2, 2), prob=torch.tensor(0.0))
+    assert never.all()  # probability 0: every mask dropped (one draw of (B, Q))
+    torch.set_rng_state(state)
+    torch.rand(1, 2)
+    assert not torch.equal(torch.get_rng_state(), state)
+
+
+# ----------------------------------------------------------------------------- sliding windows
+def test_windows_cover_the_long_side_with_even_overlap():
+    assert window_spans(64, 115, 64) == [(0, 64, 0, 64), (0, 64, 51, 115)]
+    assert window_spans(200, 64, 64) == [(0, 64, 0, 64), (45, 109, 0, 64), (90, 154, 0, 64), (136, 200, 0, 64)]
+    assert window_spans(64, 64, 64) == [(0, 64, 0, 64)]
+
+
+def test_overlapping_window_scores_are_averaged():
+    spans = window_spans(2, 3, 2)  # [(0, 2, 0, 2), (0, 2, 1, 3)]
+    merged = merge_window_scores([torch.ones(1, 2, 2), 3 * torch.ones(1, 2, 2)], spans, (2, 3), (2, 3))
+    assert merged[0].tolist() == [[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]]
+
+
+# ----------------------------------------------------------------------------- optimiser
+def _solver_cfg():
+    s = SMALL
+    return small_cfg(
+        "SOLVER.BASE_LR", s["lr"], "SOLVER.LLRD", s["llrd"], "SOLVER.WEIGHT_DECAY", s["weight_decay"],
+        "SOLVER.WEIGHT_DECAY_NORM", s["weight_decay"], "SOLVER.WEIGHT_DECAY_EMBED", s["weight_decay"],
+        "SOLVER.BACKBONE_MULTIPLIER", 1.0, "SOLVER.OPTIMIZER", "ADAMW",
+        "SOLVER.LR_SCHEDULER_NAME", "TwoStageWarmupPolyLR", "SOLVER.MAX_ITER", s["total_steps"],
+        "SOLVER.WARMUP_ITERS", s["warmup_steps"][0], "SOLVER.BACKBONE_WARMUP_ITERS", s["warmup_steps"][1],
+        "SOLVER.POLY_LR_POWER", s["poly_power"])
+
+
+def test_every_parameter_learns_at_the_official_rate_with_the_official_weight_decay():
+    expected = json.loads((REF / "expected.json").read_text())
+    cfg = _solver_cfg()
+    model = build("semantic")
+    optimizer = build_optimizer(cfg, model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    ours = {names[id(p)]: (g["lr"], g["weight_decay"]) for g in optimizer.param_groups for p in g["params"]}
+    official = rename_official_eomt_keys(expected["param_lrs"])
+    assert set(ours) == set(official)
+    for name, lr in official.items():
+        assert ours[name][0] == pytest.approx(lr, rel=1e-12), name
+    assert {wd for _, wd in ours.values()} == set(expected["weight_decays"])
+    assert ours["backbone.vit.blocks.0.attn.qkv.weight"][0] == pytest.approx(1e-4 * 0.8 ** 3)
+
+
+def test_two_stage_warmup_poly_schedule_equals_the_official():
+    import numpy as np
+
+    factors = np.load(REF / "cases.npz")["schedule_vit_head"]
+    cfg = _solver_cfg()
+    model = build("semantic")
+    optimizer = build_optimizer(cfg, model)
+    scheduler = build_lr_scheduler(cfg, optimizer)
+    vit = next(i for i, g in enumerate(optimizer.param_groups) if g["vit"])
+    head = next(i for i, g in enumerate(optimizer.param_groups) if not g["vit"])
+    for step in range(SMALL["total_steps"]):
+        got = [optimizer.param_groups[i]["lr"] / scheduler.base_lrs[i] for i in (vit, head)]
+        assert got == pytest.approx(factors[step].tolist(), abs=1e-12), step
+        optimizer.step()
+        scheduler.step()
+    assert math.isclose(factors[15][0], 0.25)  # the ViT warms up after the head (10 + 20 steps)
+
+
+# ----------------------------------------------------------------------------- export
+def test_exported_network_computes_the_same_logits(tmp_path):
+    from maskformer_d2.deploy.export import export_torchscript
+
+    model = build("semantic").eval()
+    images = torch.randn(1, 3, *SMALL["img_size"])
+    export_torchscript(model, str(tmp_path / "model.ts"), example=images)
+    traced = torch.jit.load(str(tmp_path / "model.ts"))
+    with torch.no_grad():
+        logits, masks = traced(images)
+        expected = model.network(images)
+    assert torch.allclose(logits, expected["pred_logits"], atol=1e-5)
+    assert torch.allclose(masks, expected["pred_masks"], atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- inference
+def _shapes_predictor():
+    from maskformer_d2.config import load_config
+    from maskformer_d2.engine.predictor import MaskFormerPredictor
+
+    cfg = load_config(str(REF.parents[2] / "configs" / "shapes" / "eomt_ViT-S_shapes.yaml"), [
+        "MODEL.DEVICE", "cpu", "MODEL.EOMT.EMBED_DIM", 32, "MODEL.EOMT.DEPTH", 3, "MODEL.EOMT.NUM_HEADS", 2,
+        "MODEL.EOMT.IMG_SIZE", [64, 64], "INPUT.MIN_SIZE_TEST", 64, "INPUT.MAX_SIZE_TEST", 64])
+    return MaskFormerPredictor(cfg)
+
+
+def test_the_predictor_gives_all_three_outputs_at_the_image_size():
+    predictor = _shapes_predictor()
+    out = predictor(torch.randint(0, 255, (100, 80, 3), dtype=torch.uint8).numpy())
+    assert out["sem_seg"].shape == (7, 100, 80)
+    assert out["panoptic_seg"][0].shape == (100, 80)
+    instances = out["instances"]
+    assert instances.image_size == (100, 80) and 0 < len(instances) <= 50
+    things = predictor.model.inference_options.thing_ids  # with panoptic output: thing classes only
+    assert set(instances.pred_classes.tolist()) <= things
+
+
+def test_an_input_larger_than_the_network_input_is_refused_with_the_fix():
+    model = _shapes_predictor().model
+    with pytest.raises(ValueError, match="exceeds MODEL.EOMT.IMG_SIZE 64x64.*MIN_SIZE_TEST"):
+        model([{"image": torch.zeros(3, 70, 64)}])
