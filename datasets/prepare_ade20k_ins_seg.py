@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from prepare_utils import parser, require  # noqa: E402
+from prepare_utils import parser, require, run  # noqa: E402
 
 logger = logging.getLogger("prepare_ade20k_ins_seg")
 SPLITS = (("train", "training"), ("val", "validation"))
@@ -74,9 +74,13 @@ def image_entries(image_dir: str) -> Iterator[Dict[str, Any]]:
         yield image_entry(os.path.join(image_dir, file_name))
 
 
-def write_coco_json(path: str, images: List[Dict], annotations: List[Dict], categories: List[Dict]) -> None:
+def write_coco_json(base: str, name: str, images: List[Dict], annotations: List[Dict], categories: List[Dict]
+                    ) -> str:
+    """Write ``<base>/<name>.json`` (COCO: images, annotations, categories) and return its path."""
+    path = os.path.join(base, name + ".json")
     with open(path, "w") as f:
         json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
+    return path
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -100,12 +104,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             for cls, mask in instance_segments(ins_png, class_map, ins_path):
                 annotations.append({"id": len(annotations) + 1, "image_id": image["id"],
                                     "category_id": cls, "iscrowd": 0, **mask_to_annotation(mask)})
-        out = os.path.join(base, f"ade20k_instance_{split}.json")
-        write_coco_json(out, images, annotations, categories)
+        out = write_coco_json(base, f"ade20k_instance_{split}", images, annotations, categories)
         logger.info(f"{split}: {len(images)} images, {len(annotations)} instances -> {out}")
     return 0
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    sys.exit(main())
+    run(main)

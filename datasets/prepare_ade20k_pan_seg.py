@@ -28,7 +28,7 @@ from prepare_ade20k_ins_seg import (  # noqa: E402
     instance_segments,
     write_coco_json,
 )
-from prepare_utils import parser  # noqa: E402
+from prepare_utils import parser, run  # noqa: E402
 
 logger = logging.getLogger("prepare_ade20k_pan_seg")
 
@@ -92,12 +92,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             images.append(image)
             annotations.append({"image_id": stem, "file_name": stem + ".png",
                                 "segments_info": segments_info})
-        out = os.path.join(base, f"ade20k_panoptic_{split}.json")
-        write_coco_json(out, images, annotations, categories)
+        out = write_coco_json(base, f"ade20k_panoptic_{split}", images, annotations, categories)
         logger.info(f"{split}: {len(images)} images -> {out_dir}, {out}")
     return 0
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    sys.exit(main())
+    run(main)

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from prepare_utils import parser, require  # noqa: E402
+from prepare_utils import parser, require, run  # noqa: E402
 
 logger = logging.getLogger("prepare_coco_semantic_annos_from_panoptic_images")
 
@@ -92,5 +92,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    sys.exit(main())
+    run(main)

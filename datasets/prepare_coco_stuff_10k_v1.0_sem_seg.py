@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from prepare_utils import parser, require  # noqa: E402
+from prepare_utils import parser, require, run  # noqa: E402
 
 logger = logging.getLogger("prepare_coco_stuff_10k_v1.0_sem_seg")
 
@@ -79,5 +79,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    sys.exit(main())
+    run(main)

@@ -1,7 +1,10 @@
-"""What the datasets/prepare_*.py scripts share: their command line and their input checks."""
+"""What the datasets/prepare_*.py scripts share: their command line, their input checks and their
+entry point."""
 import argparse
+import logging
 import os
-from typing import Iterable
+import sys
+from typing import Callable, Iterable
 
 
 def parser(doc: str, holds: str) -> argparse.ArgumentParser:
@@ -18,3 +21,10 @@ def require(paths: Iterable[str], how: str) -> None:
     for path in paths:
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path} is missing; {how}")
+
+
+def run(main: Callable[[], int]) -> None:
+    """Run a script's ``main`` as the program: its log messages (INFO and up) printed bare, its
+    return value the exit status."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    sys.exit(main())

@@ -327,36 +327,30 @@ class BasicLayer(nn.Module):
     def __init__(
         self,
         dim: int,
-        depth: int,
         num_heads: int,
         window_size: int,
-        mlp_ratio: float,
-        qkv_bias: bool,
-        qk_scale: Optional[float],
-        drop: float,
-        attn_drop: float,
         drop_path: Sequence[float],
         downsample: bool,
         use_checkpoint: bool = False,
+        **block_args,
     ):
+        """
+        Args:
+            dim, num_heads, window_size: those of every block.
+            drop_path: stochastic depth of each block; its length is the number of blocks.
+            downsample: end with :class:`PatchMerging` (every stage but the last).
+            use_checkpoint: recompute the blocks in backward.
+            block_args: the blocks' other :class:`SwinTransformerBlock` arguments (``mlp_ratio``,
+                ``qkv_bias``, ``qk_scale``, ``drop``, ``attn_drop``).
+        """
         super().__init__()
         self.window_size = window_size
         self.shift_size = window_size // 2
         self.use_checkpoint = use_checkpoint
         self.blocks = nn.ModuleList(
-            SwinTransformerBlock(
-                dim,
-                num_heads,
-                window_size=window_size,
-                shift_size=0 if i % 2 == 0 else self.shift_size,
-                mlp_ratio=mlp_ratio,
-                qkv_bias=qkv_bias,
-                qk_scale=qk_scale,
-                drop=drop,
-                attn_drop=attn_drop,
-                drop_path=drop_path[i],
-            )
-            for i in range(depth)
+            SwinTransformerBlock(dim, num_heads, window_size, shift_size=0 if i % 2 == 0 else self.shift_size,
+                                 drop_path=rate, **block_args)
+            for i, rate in enumerate(drop_path)
         )
         self.downsample = PatchMerging(dim) if downsample else None
 
@@ -494,24 +488,14 @@ class D2SwinTransformer(Backbone):
         # stochastic depth grows linearly over all blocks; float32 linspace values like the
         # official model (explicit CPU so building under torch.device("meta") works)
         rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
+        block_args = {"mlp_ratio": mlp_ratio, "qkv_bias": qkv_bias, "qk_scale": qk_scale, "drop": drop_rate,
+                      "attn_drop": attn_drop_rate}
         self.layers = nn.ModuleList()
         for i in range(self.num_layers):
             first = sum(depths[:i])
             self.layers.append(
-                BasicLayer(
-                    dim=self.num_features[i],
-                    depth=depths[i],
-                    num_heads=num_heads[i],
-                    window_size=window_size,
-                    mlp_ratio=mlp_ratio,
-                    qkv_bias=qkv_bias,
-                    qk_scale=qk_scale,
-                    drop=drop_rate,
-                    attn_drop=attn_drop_rate,
-                    drop_path=rates[first : first + depths[i]],
-                    downsample=i < self.num_layers - 1,
-                    use_checkpoint=use_checkpoint,
-                )
+                BasicLayer(self.num_features[i], num_heads[i], window_size, rates[first : first + depths[i]],
+                           downsample=i < self.num_layers - 1, use_checkpoint=use_checkpoint, **block_args)
             )
         # one output norm per stage, all of them present (as in official checkpoints) even when
         # a stage is not among out_features

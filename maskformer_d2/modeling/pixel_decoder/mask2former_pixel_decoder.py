@@ -23,9 +23,9 @@ from torch.nn import functional as F
 from ..losses import no_autocast
 from ..transformer_decoder.position_encoding import PositionEmbeddingSine
 from ..transformer_decoder.transformer import _xavier_init
-from .build import PIXEL_DECODER_REGISTRY, head_input_shape
+from .build import PIXEL_DECODER_REGISTRY
 from .deformable_attention import MSDeformAttn
-from .maskformer_pixel_decoder import Norm, _conv_norm
+from .maskformer_pixel_decoder import BasePixelDecoder, Norm, _conv_norm
 
 __all__ = ["MSDeformAttnEncoderLayer", "MSDeformAttnTransformerEncoderOnly", "MSDeformAttnPixelDecoder"]
 
@@ -198,10 +198,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
         head = cfg.MODEL.SEM_SEG_HEAD
         return {
-            "input_shape": head_input_shape(cfg, input_shape),
-            "conv_dim": head.CONVS_DIM,
-            "mask_dim": head.MASK_DIM,
-            "norm": head.NORM,
+            **BasePixelDecoder.from_config(cfg, input_shape),  # the FPN's input_shape, conv_dim, mask_dim, norm
             "transformer_dropout": cfg.MODEL.MASK_FORMER.DROPOUT,
             "transformer_nheads": cfg.MODEL.MASK_FORMER.NHEADS,
             "transformer_dim_feedforward": 1024,  # the official value (not a config key)

@@ -19,7 +19,7 @@ from detectron2.layers import Conv2d
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .build import TRANSFORMER_PREDICTOR_REGISTRY
+from .build import TRANSFORMER_PREDICTOR_REGISTRY, query_predictor_args
 from .maskformer_transformer_decoder import MLP
 from .position_encoding import PositionEmbeddingSine
 from .transformer import _image_to_sequence, _with_pos, _xavier_init
@@ -169,19 +169,9 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         if mf.DEC_LAYERS < 1:
             raise ValueError(f"MODEL.MASK_FORMER.DEC_LAYERS={mf.DEC_LAYERS}: Mask2Former needs at "
                              "least 1 (the prediction from the learnable queries)")
-        return {
-            "in_channels": in_channels,
-            "mask_classification": mask_classification,
-            "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
-            "hidden_dim": mf.HIDDEN_DIM,
-            "num_queries": mf.NUM_OBJECT_QUERIES,
-            "nheads": mf.NHEADS,
-            "dim_feedforward": mf.DIM_FEEDFORWARD,
-            "dec_layers": mf.DEC_LAYERS - 1,  # the first prediction needs no layer
-            "pre_norm": mf.PRE_NORM,
-            "mask_dim": cfg.MODEL.SEM_SEG_HEAD.MASK_DIM,
-            "enforce_input_project": mf.ENFORCE_INPUT_PROJ,
-        }
+        args = query_predictor_args(cfg, in_channels, mask_classification)
+        args["dec_layers"] = mf.DEC_LAYERS - 1  # the first prediction needs no layer
+        return args
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # checkpoints written before the official rename call the query features "static_query"

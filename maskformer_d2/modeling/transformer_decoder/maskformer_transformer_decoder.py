@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..mask_logits import DeferredProjection, mask_logits
-from .build import TRANSFORMER_PREDICTOR_REGISTRY
+from .build import TRANSFORMER_PREDICTOR_REGISTRY, query_predictor_args
 from .position_encoding import PositionEmbeddingSine
 from .transformer import Transformer
 
@@ -116,20 +116,10 @@ class TransformerPredictor(nn.Module):
     def from_config(cls, cfg, in_channels: int, mask_classification: bool):
         mf = cfg.MODEL.MASK_FORMER
         return {
-            "in_channels": in_channels,
-            "mask_classification": mask_classification,
-            "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
-            "hidden_dim": mf.HIDDEN_DIM,
-            "num_queries": mf.NUM_OBJECT_QUERIES,
-            "nheads": mf.NHEADS,
+            **query_predictor_args(cfg, in_channels, mask_classification),
             "dropout": mf.DROPOUT,
-            "dim_feedforward": mf.DIM_FEEDFORWARD,
             "enc_layers": mf.ENC_LAYERS,
-            "dec_layers": mf.DEC_LAYERS,
-            "pre_norm": mf.PRE_NORM,
             "deep_supervision": mf.DEEP_SUPERVISION,
-            "mask_dim": cfg.MODEL.SEM_SEG_HEAD.MASK_DIM,
-            "enforce_input_project": mf.ENFORCE_INPUT_PROJ,
         }
 
     def forward(self, x: Tensor, mask_features: Union[Tensor, DeferredProjection]) -> Dict[str, object]:
