@@ -56,7 +56,7 @@ fi
 
 # 3. everything else, then the package itself (editable).
 grep -v -E '^(torch|torchvision|sal-detectron2)==' requirements.txt >"$VENV/.reqs.txt"
-run "installing fvcore, pycocotools, opencv, scipy, panopticapi, onnx, onnxruntime, openvino, pytest, ruff, transformers" \
+run "installing fvcore, pycocotools, opencv, scipy, panopticapi, onnx, onnxruntime, openvino, pytest, ruff, timm, transformers" \
   "${PIP[@]}" install -r "$VENV/.reqs.txt" "torch==$("$VPY" -c 'import torch;print(torch.__version__.split("+")[0])')"
 # detectron2's own pure-Python requirements (its METADATA, minus numpy<2)
 run "installing detectron2's requirements" "${PIP[@]}" install "Pillow>=7.1" matplotlib "termcolor>=1.1" \
