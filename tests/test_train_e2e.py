@@ -56,7 +56,8 @@ _save = torch.save
 
 
 def save(obj, f, *args, **kwargs):
-    if KILL_DURING and os.path.basename(getattr(f, "name", "")).startswith("." + KILL_DURING + ".tmp-"):
+    name = os.path.basename(getattr(f, "name", ""))  # write_atomically's .NAME.<random>.tmp-<pid>
+    if KILL_DURING and name.startswith("." + KILL_DURING + ".") and ".tmp-" in name:
         f.write(b"PK\\x03\\x04 the first bytes of a checkpoint")
         f.flush()
         os.kill(os.getpid(), signal.SIGKILL)

@@ -61,7 +61,8 @@ def write_atomically(path: str, write: Callable[[BinaryIO], Any]) -> None:
     mode = _final_mode(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=f".tmp-{os.getpid()}", dir=folder)
     try:
-        with os.fdopen(fd, "wb") as f:
+        # opened by name through the descriptor mkstemp made, so that ``f.name`` is the path
+        with open(tmp, "wb", opener=lambda _path, _flags: fd) as f:
             os.fchmod(f.fileno(), mode)
             write(f)
             f.flush()
