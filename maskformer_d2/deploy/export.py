@@ -14,10 +14,12 @@ size and the runtime refuses others.
 Both exporters write their file with :func:`~maskformer_d2.checkpoint.atomic.write_atomically`: a failed
 or interrupted export leaves the previous file (or none), never half a model.
 """
+import contextlib
 import io
 import json
 import os
-from typing import Dict, Tuple
+import warnings
+from typing import Dict, Iterator, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -77,10 +79,26 @@ class ExportableNetwork(nn.Module):
 
 
 def example_input(model: nn.Module, height: int = 256, width: int = 320) -> Tensor:
-    """A (1, 3, H, W) input whose sides are multiples of the size divisibility."""
+    """A (1, 3, H, W) input whose sides are multiples of the size divisibility, or of the size
+    every input is padded to where the model has one (``model.fixed_input_size``, EoMT's
+    ``MODEL.EOMT.IMG_SIZE``; ``height`` and ``width`` are ignored then)."""
+    fixed = getattr(model, "fixed_input_size", None)
+    if fixed is not None:
+        h, w = (int(s) for s in fixed)
+        return torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(0))
     d = max(int(model.size_divisibility), 32)
     h, w = -(-height // d) * d, -(-width // d) * d
     return torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(0))
+
+
+@contextlib.contextmanager
+def _tracing(net: ExportableNetwork) -> Iterator[None]:
+    """No gradients; and for a network that declared its graph fixed to the example's size
+    (``EXPORT_FIXED_SIZE``), no tracer warnings, which would only repeat that."""
+    with torch.no_grad(), warnings.catch_warnings():
+        if net.fixed_size():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        yield
 
 
 def _failed(what: str, e: Exception) -> ExportError:
@@ -93,7 +111,7 @@ def export_onnx(model: nn.Module, path: str, example: Tensor = None) -> None:
     example = example_input(model) if example is None else example
     buffer = io.BytesIO()  # the graph is completed in memory (metadata added) before it is written
     try:
-        with torch.no_grad():
+        with _tracing(net):
             net(example)  # a head without mask classification fails here, with its own message
             torch.onnx.export(
                 net, (example,), buffer, input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
@@ -121,7 +139,7 @@ def export_torchscript(model: nn.Module, path: str, example: Tensor = None) -> N
     net = ExportableNetwork(model)
     example = example_input(model) if example is None else example
     try:
-        with torch.no_grad():
+        with _tracing(net):
             net(example)
             traced = torch.jit.trace(net, (example,), check_trace=False)
     except ExportError:

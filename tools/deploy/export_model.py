@@ -64,8 +64,11 @@ def main(argv=None) -> int:
             outputs = model.network(example)
         logits, masks = outputs["pred_logits"], outputs["pred_masks"]
         print(f"wrote {path} and {os.path.join(args.output, 'config.yaml')}")
-        print(f"input  {INPUT_NAME}: float32 (B, 3, H, W), normalised, H and W multiples of "
-              f"{max(int(model.size_divisibility), 1)} (example {tuple(example.shape)})")
+        fixed = getattr(model, "fixed_input_size", None)
+        sizes = (f"H x W fixed at {fixed[0]} x {fixed[1]} (smaller images padded)" if fixed is not None
+                 else f"H and W multiples of {max(int(model.size_divisibility), 1)}")
+        print(f"input  {INPUT_NAME}: float32 (B, 3, H, W), normalised, {sizes} "
+              f"(example {tuple(example.shape)})")
         print(f"output pred_logits: float32 (B, {logits.shape[1]}, {logits.shape[2]})")
         print(f"output pred_masks:  float32 (B, {masks.shape[1]}, H/4, W/4) (example {tuple(masks.shape)})")
         return 0

@@ -10,7 +10,7 @@ between per-block start and end iterations, so the trained model needs no masks:
 The probabilities are a buffer (saved with the model: a resumed run continues from them) and are
 set from the iteration at each training step, as the official code sets them after each one.
 """
-from typing import Sequence, Tuple
+from typing import Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -69,7 +69,7 @@ class MaskAnnealing(nn.Module):
 
 
 def query_attention_mask(mask_logits: Tensor, num_tokens: int, num_prefix: int,
-                         grid_size: Tuple[int, int], prob: Tensor) -> Tensor:
+                         grid_size: Tuple[int, int], prob: Union[float, Tensor]) -> Tensor:
     """The (B, N, N) attention mask of a query block (True = may attend).
 
     Tokens are ordered [Q queries, ``num_prefix`` class/register tokens, h*w patches]. Query rows
@@ -82,7 +82,7 @@ def query_attention_mask(mask_logits: Tensor, num_tokens: int, num_prefix: int,
         num_tokens: N.
         num_prefix: class and register tokens.
         grid_size: (h, w) patch grid.
-        prob: 0-dim probability that a query's mask is kept.
+        prob: probability that a query's mask is kept (a number or a 0-dim tensor).
     """
     b, q = mask_logits.shape[:2]
     mask = torch.ones(b, num_tokens, num_tokens, dtype=torch.bool, device=mask_logits.device)

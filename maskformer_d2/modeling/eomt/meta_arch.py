@@ -142,6 +142,11 @@ class EoMT(MaskFormer):
             "sliding_window": e.TEST.SLIDING_WINDOW,
         }
 
+    @property
+    def fixed_input_size(self) -> Sequence[int]:
+        """(H, W) every input is padded to (``MODEL.EOMT.IMG_SIZE``): the export's input size."""
+        return tuple(self.backbone.img_size)
+
     # ------------------------------------------------------------------ input
     def pad_and_normalize(self, images: Sequence[Tensor]) -> ImageList:
         """(3, h, w) images in ``INPUT.FORMAT`` -> an ImageList of (B, 3, H, W) normalised images,
@@ -173,12 +178,13 @@ class EoMT(MaskFormer):
         x = vit.embed(images)
         first = len(vit.blocks) - self.num_blocks
         aux: List[Dict[str, Tensor]] = []
+        probs = self.mask_annealing.probs.tolist()  # Python numbers: constants of a traced graph
         for i, block in enumerate(vit.blocks):
             if i == first:
                 x = torch.cat([head.queries(x.shape[0]), x], dim=1)
             mask = None
             if i >= first and self.masked_attn_enabled:
-                prob = self.mask_annealing.probs[i - first]
+                prob = probs[i - first]
                 if self.training or prob > 0:  # a mask that is never kept needs no prediction
                     pred = self._predict(x)
                     aux.append(pred)
