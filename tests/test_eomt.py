@@ -6,11 +6,16 @@
 * the sliding windows of the semantic inference;
 * the optimiser: every parameter's LR (layer-wise decay), weight decay and the two-stage warm-up
   + poly schedule equal the official ``configure_optimizers`` (tests/data/eomt_reference);
-* export: the exported network computes the same logits.
+* export: the exported network computes the same logits;
+* fine-tuning from DINOv2: tools/convert-dinov2-to-d2.py gives the ViT the weights timm's
+  pretrained loading gives the official code (patch and position embeddings resampled).
 """
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
+from typing import Dict
 
 import pytest
 import torch
@@ -189,3 +194,57 @@ def test_an_input_larger_than_the_network_input_is_refused_with_the_fix():
     model = _shapes_predictor().model
     with pytest.raises(ValueError, match="exceeds MODEL.EOMT.IMG_SIZE 64x64.*MIN_SIZE_TEST"):
         model([{"image": torch.zeros(3, 70, 64)}])
+
+
+# ----------------------------------------------------------------------------- fine-tuning from DINOv2
+def _released_dinov2(path: Path) -> Dict[str, torch.Tensor]:
+    """A DINOv2-architecture ViT as released (patch 14 at 518 x 518, timm's names), small and random."""
+    import timm
+    from safetensors.torch import save_file
+    torch.manual_seed(3)
+    vit = timm.create_model(SMALL["backbone_name"], pretrained=False, num_classes=0, embed_dim=SMALL["embed_dim"],
+                            depth=SMALL["depth"], num_heads=SMALL["num_heads"])
+    state = {k: v.contiguous() for k, v in vit.state_dict().items()}
+    save_file(state, str(path))
+    return state
+
+
+def test_dinov2_weights_convert_as_timm_loads_them_for_the_official_code(tmp_path):
+    import timm
+
+    from maskformer_d2.checkpoint import MaskFormerCheckpointer
+    released = _released_dinov2(tmp_path / "model.safetensors")
+    assert released["patch_embed.proj.weight"].shape[-1] == 14
+    config = tmp_path / "small.yaml"
+    config.write_text(small_cfg().dump())
+    proc = subprocess.run([sys.executable, str(REF.parents[2] / "tools" / "convert-dinov2-to-d2.py"),
+                           str(tmp_path / "model.safetensors"), str(tmp_path / "vit.safetensors"),
+                           "--config-file", str(config)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # what the official EoMT gets: timm's pretrained loading of the same file, at patch 16 and 64 x 64
+    official = timm.create_model(
+        SMALL["backbone_name"], pretrained=True, pretrained_cfg_overlay={"file": str(tmp_path / "model.safetensors")},
+        img_size=tuple(SMALL["img_size"]), patch_size=SMALL["patch_size"], num_classes=0,
+        embed_dim=SMALL["embed_dim"], depth=SMALL["depth"], num_heads=SMALL["num_heads"]).state_dict()
+    model = build("semantic")
+    head_before = model.sem_seg_head.class_embed.weight.clone()
+    MaskFormerCheckpointer(model).load(str(tmp_path / "vit.safetensors"))
+    ours = model.backbone.vit.state_dict()
+    assert set(ours) == set(official)
+    for key, value in official.items():
+        assert torch.equal(ours[key], value), key
+    assert ours["patch_embed.proj.weight"].shape[-1] == SMALL["patch_size"]
+    assert ours["blocks.1.attn.qkv.weight"].equal(released["blocks.1.attn.qkv.weight"])  # unchanged
+    assert not ours["pos_embed"].shape == released["pos_embed"].shape  # resampled to the 4 x 4 grid
+    assert model.sem_seg_head.class_embed.weight.equal(head_before)  # the head stays as built
+
+
+def test_dinov2_converter_refuses_another_architecture_in_one_line(tmp_path):
+    _released_dinov2(tmp_path / "model.safetensors")
+    config = tmp_path / "wide.yaml"
+    config.write_text(small_cfg("MODEL.EOMT.EMBED_DIM", 64).dump())
+    proc = subprocess.run([sys.executable, str(REF.parents[2] / "tools" / "convert-dinov2-to-d2.py"),
+                           str(tmp_path / "model.safetensors"), str(tmp_path / "vit.safetensors"),
+                           "--config-file", str(config)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "BACKBONE_NAME" in proc.stderr and not (tmp_path / "vit.safetensors").exists()

@@ -10,6 +10,8 @@
 * :mod:`.backbones`: ImageNet backbones -> detectron2 backbone ``.pkl`` files: torchvision ResNet
   (:func:`convert_torchvision_resnet`; CLI tools/convert-torchvision-to-d2.py) and official Swin
   Transformer (:func:`convert_swin`; CLI tools/convert-pretrained-swin-model-to-d2.py);
+* :mod:`.dinov2`: DINOv2 ViT weights -> the EoMT backbone checkpoint a fine-tuning starts from
+  (:func:`~.dinov2.convert_dinov2`; CLI tools/convert-dinov2-to-d2.py);
 * :mod:`.files`: what the converters read and write (:func:`read_state_dict`,
   :func:`write_d2_checkpoint`, :func:`rename_keys`).
 """

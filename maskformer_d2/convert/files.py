@@ -29,13 +29,17 @@ StateDict = Dict[str, torch.Tensor]
 
 
 def read_state_dict(path: str, nested_keys: Sequence[str] = ("model", "state_dict")) -> Dict[str, torch.Tensor]:
-    """The tensors of a ``.pth`` file (``torch.load(weights_only=True)``), unwrapping ``{"model": ...}``.
+    """The tensors of a ``.pth`` file (``torch.load(weights_only=True)``), unwrapping ``{"model": ...}``,
+    or of a ``.safetensors`` file.
 
     Raises:
         FileNotFoundError / CheckpointReadError: one line naming ``path``.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such file")
+    if path.endswith(".safetensors"):  # tensors only, header checked first
+        from ..checkpoint.safe_load import load_safetensors
+        return load_safetensors(path, path)[0]
     from ..checkpoint.safe_load import load_pth  # torch.load(weights_only=True) once the zip's sizes are checked
 
     try:
