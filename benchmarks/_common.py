@@ -28,7 +28,8 @@ def add_common_arguments(ap: argparse.ArgumentParser, default_config: str) -> No
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--official", metavar="PATH",
-                    help="source tree of facebookresearch/MaskFormer: time it too, on the same "
+                    help="source tree of facebookresearch/MaskFormer, /Mask2Former or tue-mps/eomt: "
+                         "time it too, on the same "
                          "weights and inputs, interleaved with ours, and print the ratio")
     ap.add_argument("--rounds", type=int, default=2,
                     help="with --official: processes per implementation, alternating")
@@ -44,7 +45,11 @@ OFFICIAL_PACKAGES = {"mask_former": ("mask_former", "add_mask_former_config"),
 
 
 def official_package(official: str) -> str:
-    """"mask2former" for a facebookresearch/Mask2Former tree, else "mask_former"."""
+    """"eomt" for a tue-mps/eomt tree, "mask2former" for a facebookresearch/Mask2Former tree,
+    else "mask_former"."""
+    from _official_eomt import is_official_eomt_tree
+    if is_official_eomt_tree(official):
+        return "eomt"
     return "mask2former" if os.path.isdir(os.path.join(official, "mask2former")) else "mask_former"
 
 
@@ -72,9 +77,16 @@ def official_config_file(config_file: str, official: str) -> str:
 def build_cfg(args: argparse.Namespace, training: bool):
     """The config of ``args.impl`` with MODEL.WEIGHTS = ``args.weights`` (or none) on CPU."""
     opts = list(args.opts) + ["MODEL.WEIGHTS", args.weights or "", "MODEL.DEVICE", "cpu"]
-    if args.impl == OURS:
+    if args.impl == OURS or official_package(args.official or "") == "eomt":
+        # the official EoMT has no detectron2 config: it is built from ours (see _official_eomt)
         from maskformer_d2.config import load_config
-        return load_config(args.config_file, opts)
+        cfg = load_config(args.config_file, opts)
+        if args.official and official_package(args.official) == "eomt":
+            from _official_eomt import official_task
+
+            from maskformer_d2.inference.tasks import set_enabled_tasks
+            cfg = set_enabled_tasks(cfg, [official_task(cfg)])  # the official code evaluates one task
+        return cfg
     import importlib
 
     from detectron2.config import get_cfg
@@ -122,6 +134,9 @@ def build_model(args: argparse.Namespace, cfg, training: bool):
     """The model of ``args.impl`` in train or eval mode, with ``args.weights`` loaded if given."""
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.modeling import build_model as d2_build_model
+    if args.impl == OFFICIAL and official_package(args.official) == "eomt":
+        from _official_eomt import OfficialEoMT
+        return OfficialEoMT(args.official, cfg, args.weights).train(training)
     model = d2_build_model(cfg)
     if args.weights:
         DetectionCheckpointer(model).load(args.weights)
@@ -204,7 +219,10 @@ def save_random_weights(args: argparse.Namespace, path: str) -> None:
     import torch
     from detectron2.modeling import build_model as d2_build_model
     torch.manual_seed(0)
-    torch.save({"model": d2_build_model(build_cfg(args, training=False)).state_dict()}, path)
+    model = d2_build_model(build_cfg(args, training=False))
+    if hasattr(model, "mask_annealing"):  # EoMT: a trained model's state, masked attention annealed away
+        model.mask_annealing.probs.zero_()
+    torch.save({"model": model.state_dict()}, path)
 
 
 def compare_with_official(
