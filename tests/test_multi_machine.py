@@ -215,8 +215,6 @@ PREEMPT_AT = 2
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="a launched process dies on SIGTERM without a checkpoint; needs the "
-                   "SIGTERM handling for launch()'s processes proposed for maskformer_d2/engine/command.py")
 def test_a_preempted_two_machine_job_resumes_where_it_stopped(tmp_path):
     """SIGTERM to every process of the job (a scheduler's preemption) as iteration PREEMPT_AT
     begins: rank 0 saves model_interrupted.pth, both machines exit 130 saying how to continue;

@@ -7,7 +7,9 @@ process started by detectron2's ``launch``, and one-line errors.
     python train_net.py --config-file CFG --resume          # continue a stopped run
 """
 import argparse
+import contextlib
 import logging
+import multiprocessing
 import os
 import signal
 import sys
@@ -20,6 +22,7 @@ from detectron2.config import CfgNode
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils.logger import setup_logger
+from torch.multiprocessing import ProcessExitedException
 
 from ..checkpoint import MaskFormerCheckpointer, resume_candidates
 from ..checkpoint.remote import is_url, resolve_url
@@ -106,18 +109,53 @@ def main(args: argparse.Namespace) -> Optional[Dict]:
 
 
 def _sigterm_as_interrupt_in(main_pid: int):
-    """A SIGTERM handler that interrupts training like Ctrl-C in ``main_pid`` only: a forked
+    """A SIGTERM handler that interrupts training like Ctrl-C in ``main_pid`` only, once: a forked
     worker (e.g. of the panoptic evaluator's pool, which is terminated at exit) inherits the
-    handler, and there SIGTERM keeps its default meaning."""
+    handler, and there SIGTERM keeps its default meaning; a second SIGTERM (a scheduler signals
+    every process of a job, and the launcher passes its own on) does not interrupt the
+    checkpoint the first one is saving."""
+    received = []
 
     def handler(signum, frame):
         if os.getpid() != main_pid:
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
+        if received:
+            return
+        received.append(signum)
         raise KeyboardInterrupt(f"signal {signum}")
 
     return handler
+
+
+#: the exit status of a launched process whose training was interrupted (as a shell reports SIGINT)
+INTERRUPTED = 130
+
+
+def _launched_main(args: argparse.Namespace, launcher_pid: int) -> Optional[Dict]:
+    """:func:`main` in a process of ``launch``: in a process it started (several processes per
+    machine or several machines), SIGTERM interrupts training as in the launcher, so rank 0
+    saves ``model_interrupted.pth``, and the process exits with :data:`INTERRUPTED` (torch's
+    launcher would report an interrupted process as a success)."""
+    if os.getpid() == launcher_pid:  # one process: main runs in the launcher itself
+        return main(args)
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt_in(os.getpid()))
+    try:
+        return main(args)
+    except KeyboardInterrupt:
+        sys.exit(INTERRUPTED)
+
+
+def _stop_launched_processes() -> None:
+    """Pass an interruption on to the processes ``launch`` started (SIGTERM; one that already had
+    one ignores it) and wait until they have saved their checkpoint and exited."""
+    children = multiprocessing.active_children()
+    for child in children:
+        with contextlib.suppress(OSError):
+            child.terminate()
+    for child in children:
+        child.join()
 
 
 def _check_eval_only(args: argparse.Namespace, cfg: CfgNode) -> None:
@@ -148,11 +186,15 @@ def cli(argv: Optional[List[str]] = None) -> int:
         _check_eval_only(args, cfg)
         if _uses_shapes(cfg):
             prepare_shapes(cfg)  # once, before worker processes start
-        launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-               dist_url=args.dist_url, args=(args,))
-    except KeyboardInterrupt:
+        launch(_launched_main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+               dist_url=args.dist_url, args=(args, os.getpid()))
+    except (KeyboardInterrupt, ProcessExitedException) as e:
+        if isinstance(e, ProcessExitedException) and e.exit_code != INTERRUPTED:
+            print(f"train_net: error: {first_line(e)}", file=sys.stderr)
+            return 1
+        _stop_launched_processes()
         print(_interrupted_message(cfg), file=sys.stderr)
-        return 130
+        return INTERRUPTED
     except (OSError, ValueError, KeyError, AssertionError, NotImplementedError) as e:  # d2 asserts on bad data
         if os.environ.get("MASKFORMER_D2_DEBUG"):
             raise
