@@ -1,5 +1,8 @@
 """The faster inference paths compute what the straightforward ones do."""
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -170,8 +173,12 @@ def test_the_predictor_gets_the_deferred_conv_in_eval_only():
     torch.testing.assert_close(out["pred_masks"], two_steps["pred_masks"], rtol=1e-5, atol=1e-5)
 
 
-def _anon_huge_kib(start: int, stop: int) -> int:
-    """AnonHugePages of the mappings overlapping [start, stop) in this process."""
+_HUGE_PAGES_PROBE = """
+import json
+import torch
+from maskformer_d2.inference.large_tensors import empty_large
+
+def anon_huge_kib(start, stop):  # AnonHugePages of the mappings overlapping [start, stop)
     inside, huge = False, 0
     with open("/proc/self/smaps") as f:
         for line in f:
@@ -183,6 +190,19 @@ def _anon_huge_kib(start: int, stop: int) -> int:
                 huge += int(line.split()[1])
     return huge
 
+def faults():
+    with open("/proc/vmstat") as f:
+        counts = dict(line.split() for line in f)
+    return [int(counts.get(k, 0)) for k in ("thp_fault_alloc", "thp_fault_fallback")]
+
+before = faults()
+big = empty_large((16, 1024, 1024), like=torch.zeros(1, dtype=torch.float64), dtype=torch.float32)
+big.fill_(1.5)
+print(json.dumps({"huge_kib": anon_huge_kib(big.data_ptr(), big.data_ptr() + 64 * 2**20),
+                  "fell_back": faults()[1] > before[1], "shape": list(big.shape), "dtype": str(big.dtype),
+                  "sum_ok": float(big.sum()) == 1.5 * big.numel()}))
+"""
+
 
 def test_large_outputs_are_allocated_on_huge_pages_where_the_kernel_offers_them():
     small = empty_large((10, 10), like=torch.zeros(1))
@@ -191,11 +211,15 @@ def test_large_outputs_are_allocated_on_huge_pages_where_the_kernel_offers_them(
     thp = "/sys/kernel/mm/transparent_hugepage/enabled"
     if not os.path.exists(thp) or "[never]" in open(thp).read():
         pytest.skip("transparent huge pages are off on this machine")
-    big = empty_large((16, 1024, 1024), like=torch.zeros(1, dtype=torch.float64), dtype=torch.float32)
-    assert big.shape == (16, 1024, 1024) and big.dtype == torch.float32
-    big.fill_(1.5)
-    assert _anon_huge_kib(big.data_ptr(), big.data_ptr() + 64 * 2**20) >= 2048
-    assert float(big.sum()) == 1.5 * big.numel()
+    # in a fresh process: in this one, libraries loaded by other tests (engines that raise malloc's
+    # mmap threshold) can make a large allocation reuse memory already mapped with small pages
+    proc = subprocess.run([sys.executable, "-c", _HUGE_PAGES_PROBE], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    probe = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert probe["shape"] == [16, 1024, 1024] and probe["dtype"] == "torch.float32" and probe["sum_ok"]
+    if probe["huge_kib"] == 0 and probe["fell_back"]:
+        pytest.skip("the kernel had no free huge page (thp_fault_fallback rose)")
+    assert probe["huge_kib"] >= 2048
 
 
 @pytest.mark.parametrize("size", [(96, 160), (100, 170), (13, 17), (24, 40)])
