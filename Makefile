@@ -2,7 +2,7 @@
 #   make quickstart   set-up + train/evaluate/render on the built-in dataset
 #   make test         set-up + lint + the whole test suite (what CI runs: .ci/run)
 # and, once set up:
-#   make test-fast    the suite without the tests marked slow (end-to-end training)
+#   make test-fast    the suite without the tests marked slow (end-to-end runs), < 3 min on 2 cores
 #   make lint         ruff over the repository (configuration: pyproject.toml)
 PY := .venv/bin/python
 

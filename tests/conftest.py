@@ -28,4 +28,5 @@ def _seed_and_threads():
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: end-to-end tests (minutes on 2 CPU cores); they run in CI")
+    config.addinivalue_line("markers", "slow: end-to-end training, or a command-line tool in a fresh "
+                                       "process (seconds to minutes on 2 CPU cores); they run in CI")

@@ -86,22 +86,26 @@ def assert_clean_failure(result, expected_line, status=1):
 
 
 # ----------------------------------------------------------------------------- bad input
+@pytest.mark.slow
 def test_missing_file(setup, tmp_path):
     result = run_demo(setup, "--input", "nope.jpg", "--output", tmp_path)
     assert_clean_failure(result, "error: nope.jpg: no such file")
 
 
+@pytest.mark.slow
 def test_glob_matching_nothing(setup, tmp_path):
     result = run_demo(setup, "--input", "photos/*.jpg", "--output", tmp_path)
     assert_clean_failure(result, "error: photos/*.jpg: the pattern matches no file")
 
 
+@pytest.mark.slow
 def test_text_file_named_jpg(setup, tmp_path):
     result = run_demo(setup, "--input", "notes.jpg", "--output", tmp_path)
     assert_clean_failure(result, "error: notes.jpg: not an image file (cannot identify its format)")
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_truncated_image(setup, tmp_path):
     result = run_demo(setup, "--input", "truncated.png", "--output", tmp_path)
     assert result.returncode == 1 and "Traceback" not in result.stderr
@@ -109,6 +113,7 @@ def test_truncated_image(setup, tmp_path):
     assert error_lines(result)[0].startswith("error: truncated.png: corrupt or truncated image (")
 
 
+@pytest.mark.slow
 def test_checkpoint_for_other_num_classes(setup, tmp_path):
     result = run_demo(setup, "--input", "astronaut.png", "--output", tmp_path,
                       "--opts", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "9")
@@ -119,6 +124,7 @@ def test_checkpoint_for_other_num_classes(setup, tmp_path):
     assert line.endswith("is MODEL.SEM_SEG_HEAD.NUM_CLASSES right?")
 
 
+@pytest.mark.slow
 def test_missing_checkpoint(setup, tmp_path):
     result = run_demo(setup, "--input", "astronaut.png", "--output", tmp_path, "--opts", "MODEL.WEIGHTS", "gone.pth")
     assert_clean_failure(result, "error: checkpoint gone.pth: no such file; set MODEL.WEIGHTS to a "
@@ -137,11 +143,13 @@ def test_no_output_and_no_display(setup):
                                  "to write the results", status=2)
 
 
+@pytest.mark.slow
 def test_unknown_config_key(setup, tmp_path):
     result = run_demo(setup, "--input", "astronaut.png", "--output", tmp_path, "--opts", "MODEL.NO_SUCH_KEY", "1")
     assert_clean_failure(result, "error: --opts: Non-existent key: MODEL.NO_SUCH_KEY")
 
 
+@pytest.mark.slow
 def test_bad_inputs_among_good_ones_are_reported_and_the_rest_processed(setup, tmp_path):
     result = run_demo(setup, "--input", "nope.jpg", "astronaut.png", "notes.jpg", "--output", tmp_path,
                       "--task", "semantic")
@@ -155,6 +163,7 @@ def test_bad_inputs_among_good_ones_are_reported_and_the_rest_processed(setup, t
 
 
 # ----------------------------------------------------------------------------- good runs
+@pytest.mark.slow
 def test_task_all_writes_one_png_per_photo(setup, tmp_path):
     result = run_demo(setup, "--input", "*.png", "--output", tmp_path / "vis", "--task", "all")
     # truncated.png matches the glob too: reported, the photos still rendered
@@ -178,6 +187,7 @@ def test_single_photo_to_a_named_file_with_config_default_task(setup, tmp_path):
     assert cv2.imread(str(tmp_path / "out.png")).shape == rgb.shape  # one semantic panel, no band
 
 
+@pytest.mark.slow
 def test_video_is_rendered_frame_by_frame(setup, tmp_path):
     writer = cv2.VideoWriter(str(tmp_path / "clip.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 5, (96, 64))
     for i in range(3):
@@ -288,6 +298,7 @@ def test_video_outputs_keep_the_source_suffix_apart():
     assert demo.video_output_path("in/clip.avi", "out.mp4") == "out.mp4"
 
 
+@pytest.mark.slow
 def test_one_output_image_for_two_inputs_is_a_usage_error(setup, tmp_path):
     result = run_demo(setup, "--input", "astronaut.png", "coffee.png", "--output", tmp_path / "x.png")
     assert_clean_failure(result, f"error: --output {tmp_path / 'x.png'} names one image file, but there are 2 "
@@ -295,6 +306,7 @@ def test_one_output_image_for_two_inputs_is_a_usage_error(setup, tmp_path):
     assert not (tmp_path / "x.png").exists()
 
 
+@pytest.mark.slow
 def test_output_problems_are_reported_before_the_model_is_built(setup, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("a file where a folder should be")
@@ -307,6 +319,7 @@ def test_output_problems_are_reported_before_the_model_is_built(setup, tmp_path)
     assert_clean_failure(result, "error: missing.mp4: no such file")
 
 
+@pytest.mark.slow
 def test_a_config_that_would_run_code_is_refused(setup, tmp_path):
     marker = tmp_path / "MARKER"
     config = tmp_path / "evil.yaml"

@@ -204,6 +204,7 @@ def _check_metrics(task: str, results: Dict) -> None:
 
 
 @pytest.mark.parametrize("task", list(TASKS))
+@pytest.mark.slow
 def test_the_pages_commands_train_evaluate_and_draw(task, example, in_process, capsys):
     from maskformer_d2.config import load_config
 

@@ -13,6 +13,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("script", ["train_net.py", "demo/demo.py"])
+@pytest.mark.slow
 def test_missing_detectron2_is_one_clear_line_from_the_entry_points(script):
     # the library raises; the command-line entry points turn that into one line
     code = (f"import runpy, sys; sys.modules['detectron2'] = None; sys.argv = [{script!r}, '--config-file', 'x', "
@@ -31,6 +32,7 @@ def test_missing_dependency_can_still_be_caught_as_import_error():
     assert proc.returncode == 0 and "caught MissingDependencyError" in proc.stdout
 
 
+@pytest.mark.slow
 def test_env_report_lists_versions_and_passes_check():
     import detectron2
     import torch

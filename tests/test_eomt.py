@@ -209,6 +209,7 @@ def _released_dinov2(path: Path) -> Dict[str, torch.Tensor]:
     return state
 
 
+@pytest.mark.slow
 def test_dinov2_weights_convert_as_timm_loads_them_for_the_official_code(tmp_path):
     import timm
 
@@ -239,6 +240,7 @@ def test_dinov2_weights_convert_as_timm_loads_them_for_the_official_code(tmp_pat
     assert model.sem_seg_head.class_embed.weight.equal(head_before)  # the head stays as built
 
 
+@pytest.mark.slow
 def test_dinov2_converter_refuses_another_architecture_in_one_line(tmp_path):
     _released_dinov2(tmp_path / "model.safetensors")
     config = tmp_path / "wide.yaml"

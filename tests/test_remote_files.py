@@ -217,6 +217,7 @@ def test_the_checkpointer_refuses_a_url_with_dot_segments_before_writing(isolate
     assert requests == [] and _only_in_downloads(isolated) == []
 
 
+@pytest.mark.slow
 def test_train_net_refuses_a_planting_url_in_one_line(isolated):
     """The attack of the probe, end to end: MODEL.WEIGHTS aiming a download at site-packages."""
     cfg = tiny_cfg()

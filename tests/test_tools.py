@@ -34,6 +34,7 @@ def _randomize_bn(model: torch.nn.Module) -> None:
 
 
 @pytest.mark.parametrize("depth", [18, 50])
+@pytest.mark.slow
 def test_torchvision_resnet_converts_to_the_same_d2_backbone(tmp_path, depth):
     torch.manual_seed(0)
     tv = getattr(torchvision.models, f"resnet{depth}")(weights=None)
@@ -86,6 +87,7 @@ def _swin_cfg():
     ])
 
 
+@pytest.mark.slow
 def test_official_swin_checkpoint_converts_into_the_backbone(tmp_path):
     torch.manual_seed(0)
     trained = build_model(_swin_cfg())

@@ -327,6 +327,7 @@ def test_cpu_processes_share_the_cores(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_listed_but_missing_image_is_one_line(tmp_path):
     """An image the dataset lists but the disk lacks stops training with one line naming it."""
     from maskformer_d2.data.datasets.shapes import prepare_shapes

@@ -527,6 +527,7 @@ def test_the_forged_dtype_file_crashes_a_plain_unpickler(tmp_path):
 
 @pytest.mark.parametrize("tool, hostile", [("train_net", "forged_dtype.pkl"), ("demo", "forged_dtype.pkl"),
                                            ("train_net", "bomb.pth")])
+@pytest.mark.slow
 def test_tools_refuse_hostile_checkpoints_in_one_line(tmp_path, tool, hostile):
     """The file that crashed them (a signal) and a 5 MiB .pth that inflated to 5 GiB inside torch.load."""
     if hostile == "bomb.pth":

@@ -278,6 +278,7 @@ def _home(folder: Path) -> dict:
     return {"HOME": str(folder / "home"), "MASKFORMER_D2_CACHE": str(folder / "home" / "cache")}
 
 
+@pytest.mark.slow
 def test_train_net_refuses_an_alias_bomb_in_one_line(tmp_path):
     """It used to hang in detectron2's default_setup, which dumps the config."""
     config = _write_hostile(tmp_path, "alias bomb")
@@ -286,6 +287,7 @@ def test_train_net_refuses_an_alias_bomb_in_one_line(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "home", "secret.txt"]
 
 
+@pytest.mark.slow
 def test_demo_refuses_a_base_outside_yaml_without_quoting_it(tmp_path):
     config = _write_hostile(tmp_path, "base outside yaml")
     image = REPO / "docs" / "demo_shapes_val_all.png"

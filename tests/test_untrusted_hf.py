@@ -289,6 +289,7 @@ def test_custom_code_is_refused_and_never_runs(genuine, tmp_path):
 
 
 # ----------------------------------------------------------------------------- command lines
+@pytest.mark.slow
 def test_tools_refuse_custom_code_and_pickles_in_one_line(genuine, tmp_path):
     """End to end, with empty stdin: exit 1, one line, no traceback, no prompt, nothing run or written."""
     marker = tmp_path / "MARKER"

@@ -384,6 +384,7 @@ def _demo_setup(folder: Path) -> Path:
     return config
 
 
+@pytest.mark.slow
 def test_demo_refuses_a_torchscript_model_end_to_end(evil_ts, tmp_path):
     path, victim = evil_ts
     config = _demo_setup(tmp_path)
@@ -395,6 +396,7 @@ def test_demo_refuses_a_torchscript_model_end_to_end(evil_ts, tmp_path):
     assert files_under(out) == set()
 
 
+@pytest.mark.slow
 def test_demo_refuses_a_5000x5000_png_within_seconds(tmp_path):
     config = _demo_setup(tmp_path)
     bomb = _png(tmp_path / "bomb.png", 5000, 5000)
