@@ -77,11 +77,12 @@ def official_config_file(config_file: str, official: str) -> str:
 def build_cfg(args: argparse.Namespace, training: bool):
     """The config of ``args.impl`` with MODEL.WEIGHTS = ``args.weights`` (or none) on CPU."""
     opts = list(args.opts) + ["MODEL.WEIGHTS", args.weights or "", "MODEL.DEVICE", "cpu"]
-    if args.impl == OURS or official_package(args.official or "") == "eomt":
+    official_eomt = bool(args.official) and official_package(args.official) == "eomt"
+    if args.impl == OURS or official_eomt:
         # the official EoMT has no detectron2 config: it is built from ours (see _official_eomt)
         from maskformer_d2.config import load_config
         cfg = load_config(args.config_file, opts)
-        if args.official and official_package(args.official) == "eomt":
+        if official_eomt:
             from _official_eomt import official_task
 
             from maskformer_d2.inference.tasks import set_enabled_tasks

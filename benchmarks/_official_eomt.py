@@ -15,6 +15,7 @@ Lightning / torchmetrics / wandb imports stood in for by empty modules).
 """
 import importlib.util
 import os
+from pathlib import Path
 from typing import Dict, List, Optional
 
 import torch
@@ -23,16 +24,6 @@ from torch import nn
 __all__ = ["OfficialEoMT", "is_official_eomt_tree", "official_task"]
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-# our names -> official (the inverse of maskformer_d2.modeling.eomt.official_keys)
-_PREFIXES = (
-    ("backbone.vit.", "network.encoder.backbone."),
-    ("sem_seg_head.query_embed.", "network.q."),
-    ("sem_seg_head.class_embed.", "network.class_head."),
-    ("sem_seg_head.mask_embed.", "network.mask_head."),
-    ("sem_seg_head.upscale.", "network.upscale."),
-    ("mask_annealing.probs", "network.attn_mask_probs"),
-)
 
 
 def is_official_eomt_tree(path: str) -> bool:
@@ -48,23 +39,13 @@ def official_task(cfg) -> str:
     return "panoptic" if t.PANOPTIC_ON else "instance"
 
 
-def _official_modules(tree: str):
+def _reference_script():
+    """scripts/make_eomt_reference.py as a module: how it imports the official code, its dummy target."""
     spec = importlib.util.spec_from_file_location(
         "make_eomt_reference", os.path.join(REPO, "scripts", "make_eomt_reference.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    from pathlib import Path
-    return module.load_official(Path(tree))
-
-
-def _official_state(ours: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    state = {}
-    for key, value in ours.items():
-        for new, old in _PREFIXES:
-            if key.startswith(new):
-                state[old + key[len(new):]] = value
-                break
-    return state
+    return module
 
 
 class OfficialEoMT(nn.Module):
@@ -78,7 +59,9 @@ class OfficialEoMT(nn.Module):
         import timm
 
         from maskformer_d2.data.metadata import thing_ids_from_metadata
-        official = _official_modules(tree)
+        from maskformer_d2.modeling.eomt.official_keys import rename_to_official_eomt_keys
+        self.reference = _reference_script()
+        official = self.reference.load_official(Path(tree))
         e, mf = cfg.MODEL.EOMT, cfg.MODEL.MASK_FORMER
         img_size = tuple(e.IMG_SIZE)
         encoder = official.vit.ViT(img_size=img_size, patch_size=e.PATCH_SIZE, backbone_name=e.BACKBONE_NAME,
@@ -107,7 +90,8 @@ class OfficialEoMT(nn.Module):
         if weights:
             state = torch.load(weights, weights_only=True)
             missing, unexpected = network.load_state_dict(
-                {k[len("network."):]: v for k, v in _official_state(state["model"]).items()}, strict=False)
+                {k[len("network."):]: v for k, v in rename_to_official_eomt_keys(state["model"]).items()},
+                strict=False)
             if unexpected or [k for k in missing if not k.startswith("encoder.pixel_")]:
                 raise KeyError(f"official EoMT: missing {missing}, unexpected {unexpected}")
         # the evaluation sees the final prediction only (see the module docstring)
@@ -121,7 +105,7 @@ class OfficialEoMT(nn.Module):
 
     def forward(self, batched_inputs: List[Dict]) -> List[Dict]:
         images = tuple(x["image"].round().clamp(0, 255).to(torch.uint8) for x in batched_inputs)
-        targets = tuple(_dummy_target(*image.shape[-2:]) for image in images)
+        targets = tuple(self.reference.dummy_target(*image.shape[-2:]) for image in images)
         self.found.clear()
         self.module.eval_step((images, targets), 0, "val")
         (preds,) = self.found
@@ -130,12 +114,3 @@ class OfficialEoMT(nn.Module):
         if self.task == "panoptic":
             return [{"panoptic_classes": torch.where(p[..., 1] >= 0, p[..., 0], -1)} for p in preds]
         return [{"instance_scores": p["scores"]} for p in preds]
-
-
-def _dummy_target(height: int, width: int) -> Dict[str, torch.Tensor]:
-    """A one-segment target: the official evaluation converts targets as it goes."""
-    masks = torch.zeros(1, height, width, dtype=torch.bool)
-    masks[0, : max(1, height // 2)] = True
-    return {"masks": masks, "labels": torch.tensor([0]), "is_crowd": torch.tensor([False])}
-
-

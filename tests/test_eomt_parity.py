@@ -30,6 +30,7 @@ import maskformer_d2  # noqa: F401  (registers EoMT)
 from maskformer_d2.checkpoint import CheckpointMismatchError, MaskFormerCheckpointer
 from maskformer_d2.config import add_maskformer_config
 from maskformer_d2.modeling.eomt import EoMT
+from maskformer_d2.modeling.eomt.official_keys import rename_to_official_eomt_keys
 
 REF = Path(__file__).parent / "data" / "eomt_reference"
 SMALL = json.loads((REF / "config.json").read_text())
@@ -116,6 +117,11 @@ def test_official_checkpoint_loads_with_every_key_and_value(tmp_path):
     assert state["mask_annealing.probs"].equal(torch.zeros(SMALL["num_blocks"]))  # trained state
     renamed = set(EoMT.rename_checkpoint_keys(official))
     assert renamed == ours, (sorted(renamed - ours), sorted(ours - renamed))
+    # and back (the benchmark runs the official code on our weights): every entry of the official
+    # network but its pixel statistics, with our values
+    back = rename_to_official_eomt_keys(state)
+    assert set(back) == {k for k in official if k.startswith("network.") and ".pixel_" not in k}
+    assert back["network.mask_head.4.bias"] is state["sem_seg_head.mask_embed.4.bias"]
 
 
 def test_official_checkpoint_for_other_classes_names_the_config_key(tmp_path):

@@ -81,6 +81,12 @@ def test_task_outputs_of_the_exported_network_equal_pytorch(exported, name, monk
         (expected,) = model(inputs)
         (got,) = deployed(inputs)
     assert torch.equal(got["sem_seg"].argmax(0), expected["sem_seg"].argmax(0))
+    assert_same_task_outputs(got, expected)
+
+
+def assert_same_task_outputs(got, expected):
+    """An exported network's semantic / panoptic / instance outputs are PyTorch's (logits within
+    float rounding)."""
     torch.testing.assert_close(got["sem_seg"], expected["sem_seg"], rtol=0, atol=1e-4)
     assert torch.equal(got["panoptic_seg"][0], expected["panoptic_seg"][0])
     assert got["panoptic_seg"][1] == expected["panoptic_seg"][1] and expected["panoptic_seg"][1]

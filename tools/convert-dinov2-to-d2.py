@@ -8,9 +8,9 @@
 
 INPUT is timm's DINOv2 file of the config's architecture (``model.safetensors`` of the hub model
 ``timm/<MODEL.EOMT.BACKBONE_NAME>.lvd142m``; a ``.pth`` with the same names works too); it is
-read without unpickling code. The
-patch-14 embedding and the position embedding are resampled to the config's patch size and
-image size as timm does when the official EoMT code loads DINOv2 (``pretrained=True``).
+read without unpickling code. The patch-14 embedding and the position embedding are resampled to
+the config's patch size and image size as timm does when the official EoMT code loads DINOv2
+(``pretrained=True``).
 """
 import sys
 

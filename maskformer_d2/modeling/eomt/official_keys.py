@@ -9,7 +9,7 @@ statistics in [0, 1]; ours come from ``MODEL.PIXEL_MEAN/STD``) and possibly
 """
 from typing import Dict, Mapping
 
-__all__ = ["is_official_eomt_state_dict", "rename_official_eomt_keys"]
+__all__ = ["is_official_eomt_state_dict", "rename_official_eomt_keys", "rename_to_official_eomt_keys"]
 
 # official prefix -> ours, first match wins
 _PREFIXES = (
@@ -40,4 +40,17 @@ def rename_official_eomt_keys(state_dict: Mapping[str, object]) -> Dict[str, obj
                 key = new + key[len(old):]
                 break
         renamed[key] = value
+    return renamed
+
+
+def rename_to_official_eomt_keys(state_dict: Mapping[str, object]) -> Dict[str, object]:
+    """Our entries under the official names (the inverse of :func:`rename_official_eomt_keys`, for
+    running the official code on our weights); entries the official model has no place for are
+    left out."""
+    renamed = {}
+    for key, value in state_dict.items():
+        for old, new in _PREFIXES:
+            if key.startswith(new):
+                renamed[old + key[len(new):]] = value
+                break
     return renamed
