@@ -4,9 +4,10 @@
 # and, once set up:
 #   make test-fast    the suite without the tests marked slow (end-to-end runs), < 3 min on 2 cores
 #   make lint         ruff over the repository (configuration: pyproject.toml)
+#   make demo-web     the demo page on http://127.0.0.1:7860 with the newest model under output/
 PY := .venv/bin/python
 
-.PHONY: setup test test-fast lint quickstart env clean-venv
+.PHONY: setup test test-fast lint quickstart demo-web env clean-venv
 setup:
 	@bash scripts/setup_env.sh
 
@@ -22,6 +23,9 @@ lint: setup
 
 quickstart: setup
 	$(PY) scripts/quickstart.py
+
+demo-web: setup
+	$(PY) demo/app.py
 
 env: setup
 	$(PY) -m maskformer_d2.utils.env

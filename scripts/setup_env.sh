@@ -23,7 +23,8 @@ disk_hint() {  # torch's PyPI build with its CUDA libraries takes ~6.5 GB in the
   echo ": disk full, $VENV needs about 7 GB and $(df -h --output=avail "$VENV" | tail -1 | tr -d ' ') is free there"
 }
 
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && "$VENV/bin/python" -c "import torch, torchvision, detectron2" 2>/dev/null; then
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && "$VENV/bin/python" -c "import torch, torchvision, detectron2" 2>/dev/null \
+    && command -v chromium >/dev/null 2>&1; then
   exit 0
 fi
 rm -f "$STAMP"
@@ -56,11 +57,19 @@ fi
 
 # 3. everything else, then the package itself (editable).
 grep -v -E '^(torch|torchvision|sal-detectron2)==' requirements.txt >"$VENV/.reqs.txt"
-run "installing fvcore, pycocotools, opencv, scipy, panopticapi, onnx, onnxruntime, openvino, pytest, ruff, timm, transformers" \
+run "installing fvcore, pycocotools, opencv, scipy, panopticapi, onnx, onnxruntime, openvino, pytest, ruff, timm, transformers, gradio, playwright" \
   "${PIP[@]}" install -r "$VENV/.reqs.txt" "torch==$("$VPY" -c 'import torch;print(torch.__version__.split("+")[0])')"
 # detectron2's own pure-Python requirements (its METADATA, minus numpy<2)
 run "installing detectron2's requirements" "${PIP[@]}" install "Pillow>=7.1" matplotlib "termcolor>=1.1" \
   yacs tabulate cloudpickle tqdm tensorboard "hydra-core>=1.1" "omegaconf>=2.1" black packaging
+# 4. Chromium for the demo page's browser test (Playwright drives it; its own browser download
+# cannot be used here): Debian's package, installed with apt-get as root or through sudo.
+if ! command -v chromium >/dev/null 2>&1; then
+  SUDO=(); [ "$(id -u)" = 0 ] || SUDO=(sudo -n)
+  command -v apt-get >/dev/null 2>&1 || fail "chromium is missing and there is no apt-get: install a Chromium named 'chromium' on the PATH"
+  run "installing chromium (apt-get, about 1 min)" "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
+    sh -c "apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium"
+fi
 run "installing maskformer_d2 (editable)" "${PIP[@]}" install --no-deps --no-build-isolation -e .
 "$VPY" -m maskformer_d2.utils.env --check --deps-only >>"$LOG" 2>&1 || fail "stack does not import after install (details: $LOG)
 $(tail -n 5 "$LOG")"

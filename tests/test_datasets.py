@@ -219,6 +219,35 @@ def test_detectron2_evaluators_score_the_ground_truth_100(shapes, tmp_path):
     assert ins_res["AP"] == pytest.approx(100.0)
 
 
+def test_panoptic_evaluator_with_classes_reports_each_class_pq(shapes, tmp_path):
+    """The ground truth with every "circle" segment removed: PQ-circle 0, every other class 100,
+    and detectron2's own PQ (kept as is) is the mean of the per-class numbers."""
+    from maskformer_d2.evaluation import PanopticEvaluatorWithClasses
+
+    name = "shapes_panoptic_val"
+    meta = MetadataCatalog.get(name)
+    circle = meta.stuff_classes.index("circle")
+    evaluator = PanopticEvaluatorWithClasses(name, str(tmp_path))
+    evaluator.reset()
+    for d in DatasetCatalog.get(name):
+        pan = torch.from_numpy(rgb2id(np.asarray(Image.open(d["pan_seg_file_name"]))).astype(np.int32))
+        segments = []
+        for s in d["segments_info"]:
+            if s["category_id"] == circle:
+                pan[pan == s["id"]] = 0
+            else:
+                segments.append({"id": s["id"], "category_id": s["category_id"], "isthing": s["isthing"]})
+        inputs = [{"file_name": d["file_name"], "image_id": d["image_id"], "height": d["height"],
+                   "width": d["width"]}]
+        evaluator.process(inputs, [{"panoptic_seg": (pan, segments)}])
+    res = evaluator.evaluate()["panoptic_seg"]
+    per_class = {k[3:]: v for k, v in res.items() if k.startswith("PQ-")}
+    assert sorted(per_class) == sorted(meta.stuff_classes)
+    assert per_class["circle"] == 0.0
+    assert all(v == pytest.approx(100.0) for k, v in per_class.items() if k != "circle")
+    assert res["PQ"] == pytest.approx(100.0 * 6 / 7) == pytest.approx(np.mean(list(per_class.values())))
+
+
 # ------------------------------------------------------------------ official datasets
 def test_official_names_are_registered_lazily_with_their_class_lists():
     for name, num_classes, ignore in [("ade20k_full_sem_seg_train", 847, 65535),

@@ -6,11 +6,11 @@ import pytest
 import torch
 from _tiny_maskformer import tiny_cfg
 from detectron2.config import get_cfg
-from detectron2.evaluation import COCOEvaluator, COCOPanopticEvaluator, DatasetEvaluators, SemSegEvaluator
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, SemSegEvaluator
 from detectron2.modeling import build_model
 
 from maskformer_d2 import add_maskformer_config
-from maskformer_d2.evaluation import build_evaluators
+from maskformer_d2.evaluation import PanopticEvaluatorWithClasses, build_evaluators
 from maskformer_d2.inference.postprocessing import ImagePrediction, InferenceOptions
 from maskformer_d2.inference.tasks import TASKS, Task, enabled_tasks, register_task, set_enabled_tasks
 from maskformer_d2.visualization import (
@@ -41,7 +41,7 @@ def test_evaluators_follow_the_enabled_tasks_and_the_metadata(tmp_path):
     cfg = set_enabled_tasks(tiny_cfg(), ["semantic", "instance", "panoptic"])
     evaluators = build_evaluators(cfg, "shapes_panoptic_val", str(tmp_path))
     assert isinstance(evaluators, DatasetEvaluators)
-    assert [type(e) for e in evaluators._evaluators] == [SemSegEvaluator, COCOEvaluator, COCOPanopticEvaluator]
+    assert [type(e) for e in evaluators._evaluators] == [SemSegEvaluator, COCOEvaluator, PanopticEvaluatorWithClasses]
     # a semantic dataset cannot judge instances or panoptic segments
     assert isinstance(build_evaluators(cfg, "shapes_sem_seg_val", str(tmp_path)), SemSegEvaluator)
     with pytest.raises(NotImplementedError, match="no evaluator for dataset 'shapes_sem_seg_val'"):

@@ -117,6 +117,10 @@ def test_train_evaluate_and_resume_after_a_kill(tmp_path):
     for key in ("sem_seg/mIoU", "panoptic_seg/PQ", "segm/AP"):
         assert math.isfinite(last[key]), (key, last)
     assert last["sem_seg/mIoU"] > 10.0  # a learned model, not chance (7 classes)
+    # training as pictures, next to metrics.json: curves, the last evaluation per class, TensorBoard
+    for figure in ("training_curves.png", "per_class.png"):
+        assert (out / figure).stat().st_size > 10_000, figure
+    assert list(out.glob("events.out.tfevents.*")), "no TensorBoard event file"
 
 
 @pytest.mark.slow
@@ -138,6 +142,8 @@ def test_quickstart_recipe_learns_all_three_tasks(tmp_path):
     assert "| mIoU | mask AP | PQ | PQ_th | PQ_st |" in run.stdout  # the printed table
     (vis,) = record["rendered"]
     assert os.path.getsize(vis) > 0
+    for figure in ("training_curves.png", "per_class.png"):
+        assert (out / figure).stat().st_size > 10_000, figure
 
 
 def test_bad_config_key_is_one_line(tmp_path):

@@ -17,6 +17,7 @@ from detectron2.engine import DefaultTrainer, HookBase, hooks
 from ..checkpoint import MaskFormerCheckpointer
 from ..data.mappers import build_mapper
 from ..evaluation import build_evaluators
+from .figures import TrainingFigures, draw_evaluation
 from .solver import build_lr_scheduler, build_optimizer
 from .tta import SemanticSegmentorWithTTA
 
@@ -82,11 +83,26 @@ class Trainer(DefaultTrainer):
             hooks.EvalHook(self.cfg.TEST.EVAL_PERIOD, self._evaluate) if isinstance(h, hooks.EvalHook) else h
             for h in built
         ]
-        return built + [SaveOnInterrupt()]
+        built.append(SaveOnInterrupt())
+        if comm.is_main_process():  # after the PeriodicWriter: metrics.json holds each evaluation
+            built.append(TrainingFigures(self.cfg.OUTPUT_DIR, self.cfg.TEST.EVAL_PERIOD))
+        return built
 
     def _evaluate(self) -> Dict:
         self.eval_results = self.test(self.cfg, self.model)
         return self.eval_results
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """detectron2's evaluation, then the per-class chart of its results in ``OUTPUT_DIR``
+        (``per_class.png``; see :mod:`maskformer_d2.engine.figures`)."""
+        results = super().test(cfg, model, evaluators)
+        if comm.is_main_process() and results:
+            try:
+                draw_evaluation(results, cfg.OUTPUT_DIR, f"{', '.join(cfg.DATASETS.TEST)}")
+            except (OSError, ValueError) as e:
+                logger.warning(f"could not draw the per-class chart in {cfg.OUTPUT_DIR}: {e}")
+        return results
 
     @classmethod
     def build_train_loader(cls, cfg):

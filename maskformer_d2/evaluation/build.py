@@ -15,13 +15,13 @@ from detectron2.evaluation import (
     CityscapesInstanceEvaluator,
     CityscapesSemSegEvaluator,
     COCOEvaluator,
-    COCOPanopticEvaluator,
     DatasetEvaluator,
     DatasetEvaluators,
     SemSegEvaluator,
 )
 
 from ..inference.tasks import enabled_tasks
+from .panoptic import PanopticEvaluatorWithClasses
 
 __all__ = ["build_evaluators", "TASK_EVALUATORS", "register_task_evaluators", "evaluators_of"]
 
@@ -66,7 +66,7 @@ def _panoptic_evaluators(name: str, meta: Metadata, output_folder: str) -> List[
     # what COCOPanopticEvaluator reads; any dataset registered the COCO-panoptic way has them
     if meta.get("panoptic_json", None) is None or meta.get("panoptic_root", None) is None:
         return []
-    return [COCOPanopticEvaluator(name, output_folder)]
+    return [PanopticEvaluatorWithClasses(name, output_folder)]
 
 
 register_task_evaluators("semantic", _semantic_evaluators)

@@ -11,7 +11,7 @@ from typing import List, Tuple
 _MODULES = [
     ("torch", "torch"), ("torchvision", "torchvision"), ("detectron2", "detectron2"),
     ("fvcore", "fvcore"), ("pycocotools", "pycocotools"), ("cv2", "opencv"), ("scipy", "scipy"),
-    ("panopticapi", "panopticapi"), ("numpy", "numpy"), ("PIL", "Pillow"),
+    ("panopticapi", "panopticapi"), ("numpy", "numpy"), ("PIL", "Pillow"), ("matplotlib", "matplotlib"),
 ]
 
 

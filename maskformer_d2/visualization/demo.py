@@ -132,9 +132,33 @@ class VisualizationDemo:
             panels side by side under a title band).
         """
         predictions = self.predictor(image)
-        ctx = self._context(image[:, :, ::-1])
-        panels = [(t.name, drawing_of(t.name).draw(ctx, predictions[t.output_key])) for t in self.tasks]
-        return predictions, side_by_side(panels)
+        return predictions, self.draw(image, predictions)
+
+    @property
+    def task_names(self) -> List[str]:
+        """The tasks this demo predicts and draws (those of its ``task``)."""
+        return [t.name for t in self.tasks]
+
+    def draw(self, image: np.ndarray, predictions: Dict, task_names: Optional[Sequence[str]] = None,
+             confidence_threshold: Optional[float] = None) -> np.ndarray:
+        """Draw (some of) the tasks of ``predictions`` of (H, W, 3) uint8 BGR ``image``.
+
+        Args:
+            task_names: a subset of :attr:`task_names` (default: all of them), drawn side by side.
+            confidence_threshold: instead of the demo's own, for this drawing.
+
+        Returns:
+            (H', W', 3) uint8 RGB, as :meth:`run_on_image`.
+        """
+        names = self.task_names if task_names is None else list(task_names)
+        unknown = [n for n in names if n not in self.task_names]
+        if unknown or not names:
+            raise ValueError(f"cannot draw {', '.join(unknown) or 'nothing'}: this demo predicts "
+                             f"{', '.join(self.task_names)}")
+        threshold = self.confidence_threshold if confidence_threshold is None else confidence_threshold
+        ctx = DrawContext(image[:, :, ::-1], self.metadata, self.instance_mode, threshold)
+        tasks = [t for t in self.tasks if t.name in names]
+        return side_by_side([(t.name, drawing_of(t.name).draw(ctx, predictions[t.output_key])) for t in tasks])
 
     def run_on_video(self, frames: Iterable[np.ndarray]) -> Iterator[Tuple[Dict, np.ndarray]]:
         """Yield (predictions, rendered BGR frame) for each BGR frame (e.g. of :func:`read_frames`).
