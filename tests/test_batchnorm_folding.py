@@ -77,6 +77,39 @@ def test_folding_follows_weight_changes_and_leaves_training_alone():
     assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
 
 
+def test_folding_follows_batchnorm_statistics_moved_by_training():
+    """A BatchNorm moves its running statistics inside its kernel, and the fused AdamW (our CPU
+    optimiser) its weights, neither with a version bump: an evaluation after more training steps
+    (as periodic evaluation does) must use the new ones."""
+    model = _resnet("BN")
+    model.train()  # FREEZE_AT 2: res3-res5 keep training BatchNorms
+    enable_batchnorm_folding(model)
+    x = torch.randn(2, 3, 64, 64)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+
+    def evaluate():
+        model.eval()
+        with torch.no_grad():
+            out = model(x)["res5"]
+        model.train()
+        return out
+
+    first = evaluate()  # caches the folded weights
+    for _ in range(2):
+        optimizer.zero_grad()
+        model(torch.randn(4, 3, 64, 64) * 3 + 1)["res5"].mean().backward()
+        optimizer.step()
+    second = evaluate()
+    unfolded = copy.deepcopy(model).eval()
+    for m in unfolded.modules():
+        if isinstance(m, BatchNormFoldingConv2d):
+            m.__class__ = Conv2d
+    with torch.no_grad():
+        expected = unfolded(x)["res5"]
+    assert (second - expected).abs().max() <= 1e-5 * expected.abs().max()
+    assert (second - first).abs().max() > 1e-2 * expected.abs().max()  # training did change it
+
+
 def test_only_convolutions_with_a_batchnorm_fold():
     plain = Conv2d(3, 4, 3)
     grouped = Conv2d(3, 4, 3, norm=nn.GroupNorm(2, 4))

@@ -124,6 +124,26 @@ def test_train_evaluate_and_resume_after_a_kill(tmp_path):
 
 
 @pytest.mark.slow
+def test_periodic_evaluation_changes_neither_training_nor_the_final_numbers(tmp_path):
+    """Evaluating every 20 iterations trains the very model a run without evaluation trains (the
+    evaluation loader's seed draw used to shift every later random draw), and the final
+    evaluation judges the final weights (folded BatchNorm weights cached at the first evaluation
+    used to survive fused-AdamW steps, which bump no version counter)."""
+    runs = {}
+    for period in ("0", "20"):
+        out = tmp_path / f"eval_{period}"
+        done = run_train_net(tmp_path, "SOLVER.MAX_ITER", "40", "TEST.EVAL_PERIOD", period, "OUTPUT_DIR", str(out))
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[period] = read_metrics(out)
+    losses = {p: [(r["iteration"], r["total_loss"]) for r in rows if "total_loss" in r] for p, rows in runs.items()}
+    assert losses["0"] == losses["20"] and len(losses["0"]) >= 2
+    evals = {p: [r for r in rows if "sem_seg/mIoU" in r] for p, rows in runs.items()}
+    assert len(evals["0"]) == 1 and len(evals["20"]) == 2  # iteration 20 and the final one
+    for key in ("sem_seg/mIoU", "segm/AP", "panoptic_seg/PQ"):
+        assert evals["20"][-1][key] == evals["0"][-1][key], key
+
+
+@pytest.mark.slow
 def test_quickstart_recipe_learns_all_three_tasks(tmp_path):
     """The shipped quickstart (scripts/quickstart.py, the shapes recipe), cut to 400 of its 900
     iterations (~4 min here): the model must clearly learn things and stuff for all three

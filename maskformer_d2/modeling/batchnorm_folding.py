@@ -4,8 +4,12 @@ A ResNet's ``Conv2d -> BatchNorm`` pair computes ``(W * x + b - mean) * s + beta
 ``s = gamma / sqrt(var + eps)``, which is the convolution with weights ``W * s`` and bias
 ``(b - mean) * s + beta``: one pass over each activation instead of two. The folded weights
 are computed once and reused until a weight or statistic changes (their version counters
-tell); training, or any call with autograd on, uses the unfolded path, so gradients and the
-state dict (names, values) are exactly those of the unfolded model.
+tell) or the module is switched between training and evaluation (``train()`` / ``eval()``):
+a BatchNorm updates its running statistics inside its kernel, and a fused optimiser its
+weights, without bumping their version counters, so after training steps only the mode switch
+says they moved. Training,
+or any call with autograd on, uses the unfolded path, so gradients and the state dict (names,
+values) are exactly those of the unfolded model.
 """
 from typing import Optional, Tuple
 
@@ -60,6 +64,11 @@ class BatchNormFoldingConv2d(Conv2d):
                 cached = (key, fold_batchnorm(self.weight, self.bias, self.norm))
             self.__dict__["_folded_cache"] = cached
         return cached[1]
+
+    def train(self, mode: bool = True):
+        # running statistics may have moved without a version bump (see the module docstring)
+        self.__dict__.pop("_folded_cache", None)
+        return super().train(mode)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.training or self.norm.training or torch.is_grad_enabled():
