@@ -28,7 +28,7 @@ def _records():
         row.update({f"panoptic_seg/PQ-{c}": miou - i for i, c in enumerate(CLASSES)})
         row.update({"segm/AP-circle": float("nan")})
         rows.append(row)
-    return rows
+    return sorted(rows, key=lambda r: r["iteration"])  # as detectron2 writes them
 
 
 @pytest.fixture
@@ -51,6 +51,16 @@ def test_series_keep_the_final_loss_terms_and_every_headline_metric(run_folder):
     assert figures._metric_keys(records) == ["panoptic_seg/PQ", "segm/AP", "sem_seg/mIoU"]
     it, values = figures._series(records, "sem_seg/mIoU")
     assert it == [99, 199] and values == [40.0, 70.0]
+
+
+def test_a_resumed_or_repeated_run_replaces_the_records_it_repeats(tmp_path):
+    iterations = [19, 39, 59, 39, 59, 79,  # resumed from iteration 30: 39 and 59 again
+                  19, 39]  # a new run in the same folder
+    lines = [json.dumps({"iteration": it, "total_loss": float(n)}) for n, it in enumerate(iterations)]
+    (tmp_path / "metrics.json").write_text("\n".join(lines) + "\n")
+    assert [(r["iteration"], r["total_loss"]) for r in figures.read_metrics(str(tmp_path))] == [(19, 6.0), (39, 7.0)]
+    (tmp_path / "metrics.json").write_text("\n".join(lines[:6]) + "\n")
+    assert [r["total_loss"] for r in figures.read_metrics(str(tmp_path))] == [0.0, 3.0, 4.0, 5.0]
 
 
 def test_per_class_groups_by_dataset_and_metric():

@@ -50,9 +50,22 @@ PER_CLASS_PREFIX = {"sem_seg": "IoU-", "segm": "AP-", "panoptic_seg": "PQ-"}
 _LAYER_SUFFIX = re.compile(r"_\d+$")  # loss_ce_3: a term of an intermediate decoder layer
 
 
+def _latest_run(records: List[Dict]) -> List[Dict]:
+    """detectron2 appends to metrics.json: a resumed run repeats the iterations after its
+    checkpoint, and a new run in the same folder starts again from 0. Where the iterations go
+    back, the later records replace the earlier ones from that iteration on."""
+    kept: List[Dict] = []
+    for record in records:
+        if kept and record["iteration"] < kept[-1]["iteration"]:
+            kept = [r for r in kept if r["iteration"] < record["iteration"]]
+        kept.append(record)
+    return kept
+
+
 def read_metrics(output_dir: str) -> List[Dict[str, float]]:
-    """The records of ``OUTPUT_DIR/metrics.json`` (one JSON object a line; a line cut short by a
-    killed writer is skipped). Raises FileNotFoundError naming the file when there is none."""
+    """The records of the latest run in ``OUTPUT_DIR/metrics.json`` (one JSON object a line; a
+    line cut short by a killed writer is skipped; see :func:`_latest_run`). Raises
+    FileNotFoundError naming the file when there is none."""
     path = os.path.join(output_dir, METRICS_FILE)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such file (train_net.py writes it in its OUTPUT_DIR)")
@@ -63,9 +76,9 @@ def read_metrics(output_dir: str) -> List[Dict[str, float]]:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if isinstance(record, dict) and "iteration" in record:
+            if isinstance(record, dict) and isinstance(record.get("iteration"), int):
                 records.append(record)
-    return records
+    return _latest_run(records)
 
 
 def _series(records: Iterable[Mapping], key: str) -> Tuple[List[int], List[float]]:
