@@ -32,3 +32,17 @@ def tiny_cfg(num_classes: int = 7, overrides: Sequence = ()) -> CfgNode:
         *overrides,
     ])
     return cfg
+
+
+def save_tiny_model(root: Path) -> CfgNode:
+    """Write ``root/model.pth`` (random weights, seed 0) and ``root/config.yaml`` (its
+    MODEL.WEIGHTS set to that file) of :func:`tiny_cfg`; returns the config."""
+    import torch
+    from detectron2.modeling import build_model
+
+    torch.manual_seed(0)
+    cfg = tiny_cfg()
+    torch.save({"model": build_model(cfg).state_dict()}, root / "model.pth")
+    cfg.MODEL.WEIGHTS = str(root / "model.pth")
+    (root / "config.yaml").write_text(cfg.dump())
+    return cfg

@@ -12,9 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
-from _tiny_maskformer import tiny_cfg
-from detectron2.modeling import build_model
+from _tiny_maskformer import save_tiny_model, tiny_cfg
 
 from maskformer_d2.data.io import ImageReadError, read_image
 from maskformer_d2.data.metadata import display_metadata
@@ -56,11 +54,7 @@ def _photos():
 def setup(tmp_path_factory):
     """A folder with config.yaml + model.pth of a tiny random-weight model, and good / bad inputs."""
     root = tmp_path_factory.mktemp("demo")
-    torch.manual_seed(0)
-    cfg = tiny_cfg()
-    torch.save({"model": build_model(cfg).state_dict()}, root / "model.pth")
-    cfg.MODEL.WEIGHTS = str(root / "model.pth")
-    (root / "config.yaml").write_text(cfg.dump())
+    save_tiny_model(root)
     for name, rgb in _photos().items():
         cv2.imwrite(str(root / f"{name}.png"), rgb[:, :, ::-1])
     (root / "notes.jpg").write_text("this is text, not a JPEG\n")

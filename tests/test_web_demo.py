@@ -16,9 +16,8 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from _tiny_maskformer import tiny_cfg
+from _tiny_maskformer import save_tiny_model, tiny_cfg
 from detectron2.data.catalog import Metadata
-from detectron2.modeling import build_model
 from detectron2.structures import Instances
 
 from maskformer_d2.visualization import describe_segments, segments_record
@@ -88,11 +87,7 @@ def test_segments_have_the_areas_and_scores_of_the_outputs():
 def model_dir(tmp_path_factory):
     """config.yaml + model.pth of a tiny random-weight model (7 shapes classes, 4 things)."""
     root = tmp_path_factory.mktemp("app")
-    torch.manual_seed(0)
-    cfg = tiny_cfg()
-    torch.save({"model": build_model(cfg).state_dict()}, root / "model.pth")
-    cfg.MODEL.WEIGHTS = str(root / "model.pth")
-    (root / "config.yaml").write_text(cfg.dump())
+    save_tiny_model(root)
     cv2.imwrite(str(root / "astronaut.png"), _photo()[:, :, ::-1])
     (root / "notes.jpg").write_text("this is text, not a JPEG\n")
     (root / "empty.png").write_bytes(b"")
