@@ -28,6 +28,8 @@ from typing import List, Optional, Sequence, Tuple
 
 # detectron2 imports torch.jit.script, which torch now marks deprecated; not the user's concern
 warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated")
+# the page needs no internet: no usage statistics or version checks sent to Gradio's servers
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART_CONFIG = REPO / "configs" / "shapes" / "maskformer_R18_shapes.yaml"
@@ -183,7 +185,7 @@ def build_page(segmenter: Segmenter, title: str, threshold: float):
     def run(path, task, score_threshold, progress=gr.Progress()):  # noqa: B008 (how Gradio finds the bar)
         return segmenter(path, task, score_threshold, progress)
 
-    with gr.Blocks(title="maskformer_d2 demo") as page:
+    with gr.Blocks(title="maskformer_d2 demo", analytics_enabled=False) as page:
         gr.Markdown(f"## maskformer_d2 — {html.escape(title)}\nUpload an image or pick an example, "
                     "choose the task and the score threshold.")
         with gr.Row():
