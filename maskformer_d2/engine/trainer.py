@@ -121,9 +121,10 @@ class Trainer(DefaultTrainer):
     @classmethod
     def test(cls, cfg, model, evaluators=None):
         """detectron2's evaluation, then the per-class chart of its results in ``OUTPUT_DIR``
-        (``per_class.png``; see :mod:`maskformer_d2.engine.figures`)."""
+        (``per_class.png``; see :mod:`maskformer_d2.engine.figures`) when the evaluators are the
+        config's own (not those of test-time augmentation, which would overwrite it)."""
         results = super().test(cfg, model, evaluators)
-        if comm.is_main_process() and results:
+        if comm.is_main_process() and results and evaluators is None:
             try:
                 draw_evaluation(results, cfg.OUTPUT_DIR, f"{', '.join(cfg.DATASETS.TEST)}")
             except (OSError, ValueError) as e:
