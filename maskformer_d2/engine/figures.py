@@ -8,7 +8,8 @@ from what detectron2 already records.
   and PQ of every class in one evaluation, read from its results (``IoU-<class>``,
   ``AP-<class>``, ``PQ-<class>`` keys).
 
-:class:`TrainingFigures` redraws both after each evaluation and at the end of training;
+:class:`TrainingFigures` redraws the curves after each evaluation and at the end of training,
+the trainer's evaluation (:func:`draw_evaluation`) the per-class chart;
 ``scripts/plot_metrics.py OUTPUT_DIR`` redraws them from any output folder. matplotlib is used
 without pyplot (no display, no global state), and the files are replaced atomically.
 """
@@ -18,7 +19,7 @@ import logging
 import os
 import re
 from collections import defaultdict
-from typing import Dict, Iterable, List, Mapping, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 
 from detectron2.engine import HookBase
 from detectron2.evaluation.testing import flatten_results_dict
@@ -34,6 +35,7 @@ __all__ = [
     "training_curves",
     "per_class_figures",
     "save_figure",
+    "draw_training_curves",
     "draw_output_folder",
     "draw_evaluation",
     "TrainingFigures",
@@ -186,17 +188,25 @@ def save_figure(fig: Figure, path: str, dpi: int = 100) -> str:
     return path
 
 
+def _run_title(output_dir: str) -> str:
+    return os.path.basename(os.path.normpath(output_dir))
+
+
+def draw_training_curves(output_dir: str, records: Optional[List[Dict]] = None) -> str:
+    """Draw ``OUTPUT_DIR/training_curves.png`` from ``records`` (default: its metrics.json)."""
+    records = read_metrics(output_dir) if records is None else records
+    return save_figure(training_curves(records, _run_title(output_dir)), os.path.join(output_dir, CURVES_FILE))
+
+
 def draw_output_folder(output_dir: str) -> List[str]:
     """Redraw the training curves and the last evaluation's per-class charts of a run from its
     ``metrics.json``; returns the written paths."""
     records = read_metrics(output_dir)
-    title = os.path.basename(os.path.normpath(output_dir))
-    written = [save_figure(training_curves(records, title), os.path.join(output_dir, CURVES_FILE))]
+    written = [draw_training_curves(output_dir, records)]
     evaluated = [r for r in records if _per_class_groups(r)]
     if evaluated:
         last = evaluated[-1]
-        figures = per_class_figures(last, f"{title}, iteration {last['iteration']}")
-        written += [save_figure(fig, os.path.join(output_dir, name)) for name, fig in figures.items()]
+        written += draw_evaluation(last, output_dir, f"{_run_title(output_dir)}, iteration {last['iteration']}")
     return written
 
 
@@ -207,10 +217,11 @@ def draw_evaluation(results: Mapping, output_dir: str, title: str = "per class")
 
 
 class TrainingFigures(HookBase):
-    """Redraws the figures of :func:`draw_output_folder` after each evaluation (every
-    ``eval_period`` iterations) and at the end of training, in the main process. Place it after
-    detectron2's ``PeriodicWriter`` so that ``metrics.json`` already holds the evaluation. A
-    figure that cannot be drawn is a warning, never the end of training."""
+    """Redraws ``training_curves.png`` after each evaluation (every ``eval_period`` iterations)
+    and at the end of training, in the main process (the trainer's evaluation draws the per-class
+    chart itself). Place it after detectron2's ``PeriodicWriter`` so that ``metrics.json``
+    already holds the evaluation. A figure that cannot be drawn is a warning, never the end of
+    training."""
 
     def __init__(self, output_dir: str, eval_period: int):
         self._output_dir = output_dir
@@ -218,7 +229,7 @@ class TrainingFigures(HookBase):
 
     def _draw(self) -> None:
         try:
-            draw_output_folder(self._output_dir)
+            draw_training_curves(self._output_dir)
         except (OSError, ValueError) as e:
             logger.warning(f"could not draw the training figures in {self._output_dir}: {e}")
 

@@ -126,7 +126,7 @@ class Trainer(DefaultTrainer):
         results = super().test(cfg, model, evaluators)
         if comm.is_main_process() and results and evaluators is None:
             try:
-                draw_evaluation(results, cfg.OUTPUT_DIR, f"{', '.join(cfg.DATASETS.TEST)}")
+                draw_evaluation(results, cfg.OUTPUT_DIR, ", ".join(cfg.DATASETS.TEST))
             except (OSError, ValueError) as e:
                 logger.warning(f"could not draw the per-class chart in {cfg.OUTPUT_DIR}: {e}")
         return results

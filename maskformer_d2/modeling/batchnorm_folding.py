@@ -7,9 +7,8 @@ are computed once and reused until a weight or statistic changes (their version 
 tell) or the module is switched between training and evaluation (``train()`` / ``eval()``):
 a BatchNorm updates its running statistics inside its kernel, and a fused optimiser its
 weights, without bumping their version counters, so after training steps only the mode switch
-says they moved. Training,
-or any call with autograd on, uses the unfolded path, so gradients and the state dict (names,
-values) are exactly those of the unfolded model.
+says they moved. Training, or any call with autograd on, uses the unfolded path, so gradients
+and the state dict (names, values) are exactly those of the unfolded model.
 """
 from typing import Optional, Tuple
 

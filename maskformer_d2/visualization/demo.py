@@ -113,8 +113,10 @@ class VisualizationDemo:
         self.confidence_threshold = confidence_threshold
         self.instance_mode = instance_mode
 
-    def _context(self, image_rgb: np.ndarray, video: Optional[VideoVisualizer] = None) -> DrawContext:
-        return DrawContext(image_rgb, self.metadata, self.instance_mode, self.confidence_threshold, video)
+    def _context(self, image_rgb: np.ndarray, video: Optional[VideoVisualizer] = None,
+                 confidence_threshold: Optional[float] = None) -> DrawContext:
+        threshold = self.confidence_threshold if confidence_threshold is None else confidence_threshold
+        return DrawContext(image_rgb, self.metadata, self.instance_mode, threshold, video)
 
     def summarize(self, predictions: Dict) -> str:
         """A few words on what was found, e.g. "12 panoptic segments, 3 instances"."""
@@ -155,8 +157,7 @@ class VisualizationDemo:
         if unknown or not names:
             raise ValueError(f"cannot draw {', '.join(unknown) or 'nothing'}: this demo predicts "
                              f"{', '.join(self.task_names)}")
-        threshold = self.confidence_threshold if confidence_threshold is None else confidence_threshold
-        ctx = DrawContext(image[:, :, ::-1], self.metadata, self.instance_mode, threshold)
+        ctx = self._context(image[:, :, ::-1], confidence_threshold=confidence_threshold)
         tasks = [t for t in self.tasks if t.name in names]
         return side_by_side([(t.name, drawing_of(t.name).draw(ctx, predictions[t.output_key])) for t in tasks])
 
