@@ -10,7 +10,13 @@ from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, SemSegEvalua
 from detectron2.modeling import build_model
 
 from maskformer_d2 import add_maskformer_config
-from maskformer_d2.evaluation import PanopticEvaluatorWithClasses, build_evaluators
+from maskformer_d2.evaluation import (
+    FastCOCOEvaluator,
+    FastSemSegEvaluator,
+    InMemoryPanopticEvaluator,
+    PanopticEvaluatorWithClasses,
+    build_evaluators,
+)
 from maskformer_d2.inference.postprocessing import ImagePrediction, InferenceOptions
 from maskformer_d2.inference.tasks import TASKS, Task, enabled_tasks, register_task, set_enabled_tasks
 from maskformer_d2.visualization import (
@@ -41,9 +47,15 @@ def test_evaluators_follow_the_enabled_tasks_and_the_metadata(tmp_path):
     cfg = set_enabled_tasks(tiny_cfg(), ["semantic", "instance", "panoptic"])
     evaluators = build_evaluators(cfg, "shapes_panoptic_val", str(tmp_path))
     assert isinstance(evaluators, DatasetEvaluators)
+    assert [type(e) for e in evaluators._evaluators] == [FastSemSegEvaluator, FastCOCOEvaluator,
+                                                         InMemoryPanopticEvaluator]
+    # one key selects detectron2's stock evaluators
+    cfg.defrost()
+    cfg.TEST.EVALUATOR = "detectron2"
+    evaluators = build_evaluators(cfg, "shapes_panoptic_val", str(tmp_path))
     assert [type(e) for e in evaluators._evaluators] == [SemSegEvaluator, COCOEvaluator, PanopticEvaluatorWithClasses]
     # a semantic dataset cannot judge instances or panoptic segments
-    assert isinstance(build_evaluators(cfg, "shapes_sem_seg_val", str(tmp_path)), SemSegEvaluator)
+    assert type(build_evaluators(cfg, "shapes_sem_seg_val", str(tmp_path))) is SemSegEvaluator
     with pytest.raises(NotImplementedError, match="no evaluator for dataset 'shapes_sem_seg_val'"):
         build_evaluators(set_enabled_tasks(cfg, ["panoptic"]), "shapes_sem_seg_val", str(tmp_path))
 

@@ -109,6 +109,17 @@ def add_maskformer_config(cfg: CN) -> None:
     sw.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
     sw.USE_CHECKPOINT = False
 
+    # ---- evaluation and inference (ours)
+    # images per inference batch in --eval-only and periodic evaluation (detectron2 has 1); each
+    # image's output equals its output alone (images that pad to different sizes run apart)
+    cfg.TEST.IMS_PER_BATCH = 1
+    # "fast": evaluators with detectron2's numbers in less time (maskformer_d2.evaluation);
+    # "detectron2": the stock ones
+    cfg.TEST.EVALUATOR = "fast"
+    # "fp32" (exact), or "bf16": the network under autocast in bfloat16 where the CPU (or GPU)
+    # has bf16 units, else fp32 with one warning (maskformer_d2.inference.precision)
+    cfg.TEST.PRECISION = "fp32"
+
     # ---- our extras
     # the built-in synthetic dataset (maskformer_d2.data.datasets.shapes)
     cfg.DATASETS.SHAPES = CN()

@@ -29,6 +29,7 @@ __all__ = [
     "ImagePrediction",
     "QueryMasks",
     "class_probabilities",
+    "argmax_over_first_dim",
     "semantic_inference",
     "upsampled_semantic_inference",
     "panoptic_inference",
@@ -180,6 +181,20 @@ def class_probabilities(mask_cls: Tensor, num_classes: Optional[int] = None) -> 
     return F.softmax(mask_cls, dim=-1)[..., :-1]
 
 
+def argmax_over_first_dim(x: Tensor) -> Tensor:
+    """``x.argmax(0)`` for a (N, H, W) tensor, reduced over the innermost memory dimension: a
+    reduction over a strided outer dimension is several times slower on the CPU. Free for
+    tensors laid out (H, W, N) in memory (the semantic scores of :func:`semantic_inference`),
+    one copy otherwise. The same result, ties included (the first maximum wins).
+
+    Returns:
+        (H, W) int64 indices into the first dimension.
+    """
+    if x.shape[0] <= 1 or x.device.type != "cpu":
+        return x.argmax(0)
+    return x.permute(1, 2, 0).contiguous().argmax(-1)
+
+
 def semantic_inference(mask_cls: Tensor, mask_pred: Tensor) -> Tensor:
     """Per-pixel class scores: ``sum_q p_q(c) * sigmoid(mask_q)``.
 
@@ -188,9 +203,10 @@ def semantic_inference(mask_cls: Tensor, mask_pred: Tensor) -> Tensor:
         mask_pred: (Q, H, W) mask logits.
 
     Returns:
-        (K, H, W) scores (not normalised over classes).
+        (K, H, W) scores (not normalised over classes), laid out (H, W, K) in memory: the
+        class scores of a pixel are adjacent, so a per-pixel argmax reads memory in order.
     """
-    return torch.einsum("qc,qhw->chw", class_probabilities(mask_cls), mask_pred.sigmoid())
+    return torch.einsum("qc,qhw->hwc", class_probabilities(mask_cls), mask_pred.sigmoid()).permute(2, 0, 1)
 
 
 def upsampled_semantic_inference(mask_cls: Tensor, low_res_mask_pred: Tensor,
@@ -210,19 +226,19 @@ def upsampled_semantic_inference(mask_cls: Tensor, low_res_mask_pred: Tensor,
         rows_per_chunk: output rows per band.
 
     Returns:
-        (K, H, W) scores.
+        (K, H, W) scores, laid out (H, W, K) in memory as :func:`semantic_inference`'s.
     """
     (q, h, _), (height, width) = low_res_mask_pred.shape, size
-    probs_t = class_probabilities(mask_cls).t().contiguous()  # (K, Q)
+    probs = class_probabilities(mask_cls).contiguous()  # (Q, K)
     along_width = resize_width(low_res_mask_pred, width)  # (Q, h, W)
     height_matrix = linear_resize_matrix(h, height, low_res_mask_pred)
-    scores = empty_large((probs_t.shape[0], height, width), like=low_res_mask_pred)
+    scores = empty_large((height, width, probs.shape[1]), like=low_res_mask_pred)
     for top in range(0, height, rows_per_chunk):
         bottom = min(top + rows_per_chunk, height)
         band = resize_rows(along_width, height_matrix, top, bottom).sigmoid_()  # (Q, rows, W)
-        rows = scores[:, top:bottom].view(probs_t.shape[0], -1)  # a view
-        torch.mm(probs_t, band.view(q, -1), out=rows)
-    return scores
+        rows = scores[top:bottom].view(-1, probs.shape[1])  # a view, (rows * W, K)
+        torch.mm(band.view(q, -1).t(), probs, out=rows)
+    return scores.permute(2, 0, 1)
 
 
 def panoptic_inference(
@@ -270,7 +286,7 @@ def panoptic_inference(
     if cur_masks.shape[0] == 0:
         return panoptic_seg, segments_info
 
-    winner = (cur_scores[:, None, None] * cur_masks).argmax(0)  # (H, W) index into kept queries
+    winner = argmax_over_first_dim(cur_scores[:, None, None] * cur_masks)  # (H, W) index into kept queries
     stuff_segment_id: Dict[int, int] = {}
     current_id = 0
     for k in range(cur_classes.shape[0]):
