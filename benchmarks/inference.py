@@ -3,7 +3,7 @@
 
     python benchmarks/inference.py --config-file configs/ade20k-150/maskformer_R50_bs16_160k.yaml \
         --size 512 --iters 10 [--backend torch|onnxruntime|openvino|openvino-bf16 [--onnx FILE]]
-        [--threads N] [--profile] [KEY VALUE ...]
+        [--precision fp32|bf16] [--threads N] [--profile] [KEY VALUE ...]
 
 The model has random weights (nothing is downloaded); the image is size x size. The last line
 printed is one JSON object (median_s, peak_rss_mb, config, torch version, threads).
@@ -15,7 +15,8 @@ each implementation in its own processes, alternating ``--rounds`` times; the ou
 compared and the last JSON line holds ``speedup_vs_official`` (official median / ours) and
 ``memory_ratio_vs_official``. Several backends (``--backend torch,onnxruntime``) are timed in
 the same rotation, so one invocation gives engine vs our PyTorch vs the official code
-(``variants`` in the JSON line).
+(``variants`` in the JSON line). ``--precision bf16`` runs our PyTorch network under bf16
+autocast (TEST.PRECISION); ``--precision fp32,bf16`` times both in the rotation.
 """
 import argparse
 import os
@@ -25,6 +26,7 @@ import _common as C
 
 DEFAULT_CONFIG = "configs/ade20k-150/maskformer_R50_bs16_160k.yaml"
 BACKENDS = ("torch", "onnxruntime", "openvino", "openvino-bf16")
+PRECISIONS = ("fp32", "bf16")
 
 
 def run_model(model, image, height: int, width: int):
@@ -89,6 +91,8 @@ def profile(model, image, size: int) -> None:
 def worker(args: argparse.Namespace) -> None:
     import torch
     C.set_threads(args)
+    if args.precision:  # the official code has no such key (and runs in fp32)
+        args.opts = list(args.opts) + ["TEST.PRECISION", args.precision]
     cfg = C.build_cfg(args, training=False)
     model = C.build_model(args, cfg, training=False)
     image = C.synthetic_image(args.size)
@@ -104,7 +108,8 @@ def worker(args: argparse.Namespace) -> None:
         save_outputs(args.save_outputs, out)
     if args.profile:
         profile(model, image, args.size)
-    C.print_result(C.result_line(args, times, backend=args.backend, task_outputs=sorted(out),
+    C.print_result(C.result_line(args, times, backend=args.backend, precision=args.precision or "fp32",
+                                 task_outputs=sorted(out),
                                  torch_threads=torch.get_num_threads()))
 
 
@@ -137,6 +142,9 @@ def main() -> None:
                          "weights first); pre/post-processing as in torch. openvino-bf16: OpenVINO in "
                          "bf16 (a CPU's bf16 matrix units where it has them; changes the logits)")
     ap.add_argument("--onnx", metavar="FILE", help="an export of tools/deploy/export_model.py")
+    ap.add_argument("--precision", default=None,
+                    help="precision of the torch backend (TEST.PRECISION): fp32 or bf16 (autocast where "
+                         "the CPU has bf16 units), or fp32,bf16 (both, with --official)")
     ap.add_argument("--profile", action="store_true", help="print the torch profiler's top operators")
     C.pass_through("--onnx")
     args = ap.parse_args()
@@ -144,11 +152,20 @@ def main() -> None:
     unknown = sorted(set(backends) - set(BACKENDS))
     if unknown:
         ap.error(f"--backend: unknown {', '.join(unknown)} (choose from {', '.join(BACKENDS)})")
+    precisions = (args.precision or "fp32").split(",")
+    unknown = sorted(set(precisions) - set(PRECISIONS))
+    if unknown:
+        ap.error(f"--precision: unknown {', '.join(unknown)} (choose from {', '.join(PRECISIONS)})")
     if args.official and not args.save_outputs:
-        C.compare_with_official(args, __file__, compare_outputs, variants={
-            f"{C.OURS} {backend}": ["--backend", backend] for backend in backends})
-    elif len(backends) > 1:
-        ap.error("several --backend values need --official (they are timed in one rotation with it)")
+        variants = {}
+        for backend in backends:
+            for precision in precisions if backend == "torch" else ["fp32"]:
+                name = f"{C.OURS} {backend}" + (" bf16" if precision == "bf16" else "")
+                variants[name] = ["--backend", backend, "--precision", precision]
+        C.compare_with_official(args, __file__, compare_outputs, variants=variants)
+    elif len(backends) > 1 or len(precisions) > 1:
+        ap.error("several --backend or --precision values need --official (they are timed in one "
+                 "rotation with it)")
     else:
         worker(args)
 

@@ -72,6 +72,9 @@ def get_parser() -> argparse.ArgumentParser:
     ap.add_argument("--onnx", metavar="MODEL.onnx",
                     help="run the network exported by tools/deploy/export_model.py with ONNX Runtime "
                          "(MODEL.WEIGHTS is not read; pre- and post-processing are the same)")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+                    help="inference precision (TEST.PRECISION): fp32 (the default, exact) or bf16 (the network "
+                         "under autocast where the CPU/GPU has bf16 units; else fp32 with a warning)")
     ap.add_argument("--verbose", action="store_true", help="show detectron2's log and the traceback of errors")
     ap.add_argument("--allow-unsafe-pickle", action="store_true",
                     help="load a checkpoint that holds arbitrary Python objects with full pickle, or a "
@@ -106,7 +109,8 @@ def setup_cfg(args):
     if args.task is not None and args.task not in task_choices():
         raise UsageError(f"--task {args.task}: choose one of {', '.join(task_choices())}")
     check_regular_file(args.config_file, f"--config-file {args.config_file}", OSError)
-    cfg = load_config(args.config_file, args.opts, opts_name="--opts", allow_remote=args.allow_remote_config or None)
+    opts = list(args.opts) + (["TEST.PRECISION", args.precision] if args.precision else [])
+    cfg = load_config(args.config_file, opts, opts_name="--opts", allow_remote=args.allow_remote_config or None)
     cfg.freeze()
     return cfg
 

@@ -4,6 +4,7 @@ process started by detectron2's ``launch``, and one-line errors.
     python train_net.py --config-file configs/shapes/maskformer_R18_shapes.yaml
     python train_net.py --config-file CFG --num-gpus 8
     python train_net.py --config-file CFG --eval-only MODEL.WEIGHTS model_final.pth
+    python train_net.py --config-file CFG --eval-only --precision bf16 TEST.IMS_PER_BATCH 8 ...
     python train_net.py --config-file CFG --resume          # continue a stopped run
 """
 import argparse
@@ -30,6 +31,7 @@ from ..checkpoint.safe_load import UNSAFE_PICKLE_ENV, UNSAFE_PICKLE_FLAG, allow_
 from ..config import REMOTE_CONFIG_ENV, REMOTE_CONFIG_FLAG, allow_remote_config, load_config, resolve_device
 from ..data import prepare_shapes, register_shapes
 from ..errors import first_line
+from ..inference.precision import PRECISIONS
 from .trainer import Trainer
 
 __all__ = ["argument_parser", "build_cfg", "setup", "main", "cli"]
@@ -42,7 +44,10 @@ def build_cfg(args: argparse.Namespace) -> CfgNode:
 
     A ``MODEL.WEIGHTS`` URL the downloader would refuse is refused here already, before any work.
     """
-    cfg = resolve_device(load_config(args.config_file, args.opts, opts_name=f"config {args.config_file}"))
+    opts = list(args.opts)
+    if getattr(args, "precision", None):  # --precision is TEST.PRECISION
+        opts += ["TEST.PRECISION", args.precision]
+    cfg = resolve_device(load_config(args.config_file, opts, opts_name=f"config {args.config_file}"))
     if is_url(cfg.MODEL.WEIGHTS):
         resolve_url(cfg.MODEL.WEIGHTS, what="MODEL.WEIGHTS")
     register_shapes(cfg)  # DATASETS.SHAPES.* apply to the built-in dataset
@@ -73,6 +78,10 @@ def argument_parser() -> argparse.ArgumentParser:
         REMOTE_CONFIG_FLAG, dest="allow_remote_config", action="store_true",
         help=f"let a config's _BASE_ be an http(s) URL, downloaded into the cache: only for sources "
              f"you trust (also: {REMOTE_CONFIG_ENV}=1)")
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default=None,
+        help="inference precision (TEST.PRECISION): fp32 (exact, the default) or bf16 (the network "
+             "under autocast where the CPU/GPU has bf16 units; else fp32 with a warning)")
     return parser
 
 

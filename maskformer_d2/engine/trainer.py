@@ -14,7 +14,7 @@ import detectron2.utils.comm as comm
 import numpy as np
 import torch
 from detectron2.config import CfgNode
-from detectron2.data import build_detection_train_loader
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, HookBase, hooks
 
 from ..checkpoint import MaskFormerCheckpointer
@@ -134,6 +134,11 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg):
         return build_detection_train_loader(cfg, mapper=build_mapper(cfg, is_train=True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        """detectron2's test loader with ``TEST.IMS_PER_BATCH`` images per batch."""
+        return build_detection_test_loader(cfg, dataset_name, batch_size=cfg.TEST.IMS_PER_BATCH)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

@@ -4,7 +4,7 @@ Training: images -> backbone -> head -> {pred_logits, pred_masks, aux_outputs} -
 Inference: the same predictions -> each enabled output task of :mod:`maskformer_d2.inference.tasks`
 (semantic, instance, panoptic, ...), switched on by ``MODEL.MASK_FORMER.TEST.*_ON``.
 """
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 from detectron2.config import configurable
@@ -14,6 +14,7 @@ from torch import nn
 
 from ..data.metadata import thing_ids_from_metadata
 from ..inference.postprocessing import ImagePrediction, InferenceOptions
+from ..inference.precision import autocast_for, resolve_precision
 from ..inference.tasks import enabled_tasks, get_task
 from .batchnorm_folding import enable_batchnorm_folding
 from .criterion import SetCriterion
@@ -39,6 +40,7 @@ class MaskFormer(nn.Module):
         tasks: Sequence[str] = ("semantic",),
         inference_options: InferenceOptions = InferenceOptions(),
         channels_last: bool = False,
+        precision: str = "fp32",
     ):
         """
         Args:
@@ -54,6 +56,8 @@ class MaskFormer(nn.Module):
                 in which oneDNN's CPU convolutions need no layout reorders (the default on the
                 CPU, see ``from_config``; docs/performance.md). Values are the same up to float
                 rounding.
+            precision: "fp32", or "bf16": inference runs the network under autocast in bfloat16
+                where the device has bf16 units (:mod:`maskformer_d2.inference.precision`).
         """
         super().__init__()
         self.backbone = backbone
@@ -84,6 +88,7 @@ class MaskFormer(nn.Module):
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:  # state-dict values and names are unchanged; .to(device) keeps it
             self.to(memory_format=torch.channels_last)
+        self.precision = precision
 
     @classmethod
     def from_config(cls, cfg) -> dict:
@@ -117,6 +122,7 @@ class MaskFormer(nn.Module):
                 instance_things_only=instance_things_only,
             ),
             "channels_last": cfg.MODEL.DEVICE == "cpu",
+            "precision": resolve_precision(cfg.TEST.PRECISION, torch.device(cfg.MODEL.DEVICE)),
         }
 
     @property
@@ -143,14 +149,41 @@ class MaskFormer(nn.Module):
             "sem_seg" (K, height, width), "panoptic_seg" ((height, width) int32 ids, segments_info),
             "instances" (Instances at height×width).
         """
+        if not self.training:
+            return self.batched_inference(batched_inputs)
         images = self.preprocess_image(batched_inputs)
-        if not self.training and self.runtime is not None:
-            return self.inference(self.runtime(images.tensor), batched_inputs, images)
         outputs = self.network(images.tensor)
-        if self.training:
-            targets = self.prepare_targets(batched_inputs, images)
-            return self.criterion.weighted(self.criterion(outputs, targets))
-        return self.inference(outputs, batched_inputs, images)
+        targets = self.prepare_targets(batched_inputs, images)
+        return self.criterion.weighted(self.criterion(outputs, targets))
+
+    def padded_size(self, image: torch.Tensor) -> Tuple[int, int]:
+        """(H, W) that a (3, h, w) ``image`` is padded to when it is batched alone."""
+        d = max(self.size_divisibility, 1)
+        return (-(-image.shape[-2] // d) * d, -(-image.shape[-1] // d) * d)
+
+    def batched_inference(self, batched_inputs: List[Dict]) -> List[Dict]:
+        """Inference of a batch, in groups of images that pad to the same size: each image's
+        output is then its output in a batch of one (padding changes what the convolutions and
+        attention near the border see)."""
+        groups: Dict[Tuple[int, int], List[int]] = {}
+        for i, x in enumerate(batched_inputs):
+            groups.setdefault(self.padded_size(x["image"]), []).append(i)
+        results: List[Dict] = [{} for _ in batched_inputs]
+        for indices in groups.values():
+            group = [batched_inputs[i] for i in indices]
+            images = self.preprocess_image(group)
+            for i, result in zip(indices, self.inference(self.run_network(images.tensor), group, images)):
+                results[i] = result
+        return results
+
+    def run_network(self, images: torch.Tensor) -> Dict:
+        """``network`` (or the exported ``runtime``) at inference: at ``precision``, with
+        float32 predictions whatever it ran in."""
+        if self.runtime is not None:
+            return self.runtime(images)
+        with autocast_for(self.precision, images.device):
+            outputs = self.network(images)
+        return {k: v.float() if torch.is_tensor(v) else v for k, v in outputs.items()}
 
     def network(self, images: torch.Tensor) -> Dict:
         """The part that is exported: (B, 3, H, W) normalised, padded images -> the head's

@@ -12,7 +12,7 @@ targets, output tasks (semantic / instance / panoptic post-processing), export c
 differs in the fixed input size (images are padded with black to ``MODEL.EOMT.IMG_SIZE``, then
 normalised, as the official code pads them) and in the optional sliding-window semantic inference.
 """
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,7 @@ from torch import Tensor
 
 from ...data.metadata import thing_ids_from_metadata
 from ...inference.postprocessing import InferenceOptions, semantic_inference
+from ...inference.precision import resolve_precision
 from ...inference.tasks import enabled_tasks
 from ..backbone.eomt_vit import EoMTViT
 from ..criterion import SetCriterion, build_weight_dict
@@ -61,6 +62,7 @@ class EoMT(MaskFormer):
         inference_options: Optional[InferenceOptions] = None,
         masked_attn_enabled: bool = True,
         sliding_window: bool = False,
+        precision: str = "fp32",
     ):
         """
         Args:
@@ -76,6 +78,7 @@ class EoMT(MaskFormer):
                 (False: one prediction, after the last block, and no mask).
             sliding_window: semantic output by sliding windows of ``img_size`` (see
                 :mod:`.sliding_window`); only semantic output is possible then.
+            precision: as :class:`MaskFormer`.
         """
         depth = len(backbone.blocks)
         if not 0 < num_blocks <= depth:
@@ -88,6 +91,7 @@ class EoMT(MaskFormer):
             backbone=backbone, sem_seg_head=sem_seg_head, criterion=criterion,
             pixel_mean=pixel_mean, pixel_std=pixel_std, size_divisibility=max(backbone.img_size),
             tasks=tasks, inference_options=inference_options or InferenceOptions(), channels_last=False,
+            precision=precision,
         )
         self.num_blocks = num_blocks
         self.mask_annealing = mask_annealing
@@ -140,6 +144,7 @@ class EoMT(MaskFormer):
             ),
             "masked_attn_enabled": e.MASKED_ATTN_ENABLED,
             "sliding_window": e.TEST.SLIDING_WINDOW,
+            "precision": resolve_precision(cfg.TEST.PRECISION, torch.device(cfg.MODEL.DEVICE)),
         }
 
     @property
@@ -148,6 +153,9 @@ class EoMT(MaskFormer):
         return tuple(self.backbone.img_size)
 
     # ------------------------------------------------------------------ input
+    def padded_size(self, image: Tensor) -> Tuple[int, int]:
+        return self.fixed_input_size  # every image: one batch
+
     def pad_and_normalize(self, images: Sequence[Tensor]) -> ImageList:
         """(3, h, w) images in ``INPUT.FORMAT`` -> an ImageList of (B, 3, H, W) normalised images,
         each padded at the bottom/right with black (0 before normalising) to ``img_size``."""
@@ -249,8 +257,7 @@ class EoMT(MaskFormer):
             image = x["image"].to(self.device)
             spans.append(window_spans(*image.shape[-2:], window))
             crops += [image[:, top:bottom, left:right] for top, bottom, left, right in spans[-1]]
-        network = self.runtime if self.runtime is not None else self.network  # an exported one
-        outputs = network(self.pad_and_normalize(crops).tensor)
+        outputs = self.run_network(self.pad_and_normalize(crops).tensor)
         size = self.backbone.img_size
         masks = F.interpolate(outputs["pred_masks"], size=size, mode="bilinear", align_corners=False)
         results, j = [], 0

@@ -1,0 +1,209 @@
+"""Fast evaluation: our evaluators give detectron2's numbers; batched inference gives the
+batch-of-one outputs; bf16 inference is opt-in and says when the machine cannot do it.
+
+The fast evaluators against the stock ones on the shapes val split, with a trained model's
+outputs, are in tests/test_train_e2e.py (test_quickstart_recipe_learns_all_three_tasks).
+"""
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+from _tiny_maskformer import REPO, tiny_cfg
+from detectron2.modeling import build_model
+from panopticapi.evaluation import pq_compute_single_core
+from panopticapi.utils import id2rgb
+from PIL import Image
+from pycocotools import mask as coco_mask
+
+from maskformer_d2.evaluation.instance import encode_masks
+from maskformer_d2.evaluation.panoptic import PQStats, accumulate_image, read_panoptic_png
+from maskformer_d2.evaluation.synthetic import (
+    SyntheticSpec,
+    metric_differences,
+    register_synthetic_set,
+    run_evaluators,
+    synthetic_outputs,
+)
+from maskformer_d2.inference import precision as precision_module
+from maskformer_d2.inference.postprocessing import argmax_over_first_dim
+from maskformer_d2.inference.tasks import set_enabled_tasks
+
+
+# ------------------------------------------------------------------------------- evaluators
+@pytest.mark.slow
+def test_fast_evaluators_equal_the_stock_ones_on_a_coco_sized_synthetic_set(tmp_path):
+    """2000 images of 20 thing segments (plus stuff, crowd and unlabelled pixels) at a small
+    resolution, so that the stock evaluators take a minute, not ten."""
+    from detectron2.data import MetadataCatalog
+
+    from maskformer_d2.evaluation import evaluators_of
+    spec = SyntheticSpec(num_images=2000, height=48, width=64, segments=20, detections=20)
+    name = register_synthetic_set(spec, str(tmp_path / "set"))
+    meta = MetadataCatalog.get(name)
+    evaluators = {(task, impl): evaluators_of(task, name, meta, str(tmp_path / impl), impl)[0]
+                  for task in ("semantic", "instance", "panoptic") for impl in ("detectron2", "fast")}
+    results = run_evaluators(evaluators, (synthetic_outputs(spec, name, i) for i in range(spec.num_images)))
+    # at 48x64 the few-pixel shifts of the predicted things leave little AP at strict IoUs
+    for task, key, low, high in (("semantic", "mIoU", 30, 99), ("instance", "AP50", 2, 99),
+                                 ("panoptic", "PQ", 10, 99)):
+        stock, fast = results[(task, "detectron2")][0], results[(task, "fast")][0]
+        assert max(metric_differences(stock, fast).values()) <= 1e-4, task
+        (metrics,) = fast.values()
+        assert low < metrics[key] < high, (task, metrics[key])  # a set that tells evaluators apart
+        assert len(metrics) > 12  # per-class numbers included
+
+
+def _random_panoptic_pair(rng: np.random.Generator, categories):
+    """Ground-truth and predicted id maps of blobs, with crowd, unlabelled and stray segments."""
+    def blobs(n_segments: int, first_id: int) -> np.ndarray:
+        coarse = rng.integers(0, n_segments + 1, size=(4, 6))
+        ids = np.kron(coarse, np.ones((6, 6), dtype=np.int64))  # 24 x 36
+        ids[ids > 0] += first_id - 1
+        return ids
+
+    gt = blobs(6, 1)
+    pred = np.where(rng.random(gt.shape) < 0.85, gt + 100 * (gt > 0), blobs(5, 300))
+    cat_ids = [c["id"] for c in categories]
+    gt_segments = [{"id": int(i), "category_id": int(rng.choice(cat_ids)), "iscrowd": int(rng.random() < 0.2),
+                    "area": int((gt == i).sum())} for i in np.unique(gt) if i > 0]
+    gt_category = {s["id"]: s["category_id"] for s in gt_segments}
+    pred_segments = [{"id": int(i), "category_id": gt_category.get(int(i) - 100, int(rng.choice(cat_ids)))
+                      if rng.random() < 0.8 else int(rng.choice(cat_ids))} for i in np.unique(pred) if i > 0]
+    return gt, gt_segments, pred, pred_segments
+
+
+def test_panoptic_quality_in_memory_equals_panopticapi(tmp_path):
+    """Random images against panopticapi's own per-image code, reading PNGs."""
+    categories = [{"id": 1, "isthing": 1}, {"id": 2, "isthing": 1}, {"id": 7, "isthing": 0}]
+    rng = np.random.default_rng(0)
+    (tmp_path / "gt").mkdir()
+    (tmp_path / "pred").mkdir()
+    annotations, ours = [], PQStats(categories)
+    for image_id in range(40):
+        gt, gt_segments, pred, pred_segments = _random_panoptic_pair(rng, categories)
+        file_name = f"{image_id}.png"
+        Image.fromarray(id2rgb(gt)).save(tmp_path / "gt" / file_name)
+        Image.fromarray(id2rgb(pred)).save(tmp_path / "pred" / file_name)
+        annotations.append(({"image_id": image_id, "file_name": file_name, "segments_info": gt_segments},
+                            {"image_id": image_id, "file_name": file_name,
+                             "segments_info": json.loads(json.dumps(pred_segments))}))
+        assert np.array_equal(read_panoptic_png(str(tmp_path / "gt" / file_name)), gt)
+        accumulate_image(ours, gt, gt_segments, pred, pred_segments, image_id)
+    reference = pq_compute_single_core(0, annotations, str(tmp_path / "gt"), str(tmp_path / "pred"),
+                                       {c["id"]: c for c in categories})
+    assert ours.tp.sum() > 20 and ours.fp.sum() > 20 and ours.fn.sum() > 20  # all three occur
+    for i, category_id in enumerate(ours.category_ids):
+        stat = reference.pq_per_cat[category_id]
+        assert (ours.tp[i], ours.fp[i], ours.fn[i]) == (stat.tp, stat.fp, stat.fn), category_id
+        assert ours.iou[i] == pytest.approx(stat.iou, abs=1e-9)
+    for name, isthing in (("All", None), ("Things", True), ("Stuff", False)):
+        expected, expected_per_class = reference.pq_average({c["id"]: c for c in categories}, isthing)
+        got = ours.results()[name]
+        assert got == pytest.approx(expected, abs=1e-12), name
+
+
+def test_panoptic_quality_refuses_an_inconsistent_prediction():
+    stats = PQStats([{"id": 1, "isthing": 1}])
+    ids = np.ones((4, 4), dtype=np.int64)
+    with pytest.raises(KeyError, match="segment 1 is in the panoptic map but not in segments_info"):
+        accumulate_image(stats, ids, [{"id": 1, "category_id": 1, "iscrowd": 0}], ids, [], image_id=3)
+    with pytest.raises(KeyError, match="unknown category_id 9"):
+        accumulate_image(stats, ids, [{"id": 1, "category_id": 1, "iscrowd": 0}], ids,
+                         [{"id": 1, "category_id": 9}], image_id=3)
+
+
+def test_all_masks_of_an_image_encode_to_pycocotools_strings():
+    rng = np.random.default_rng(1)
+    masks = torch.from_numpy(rng.random((7, 37, 53)) < 0.3)
+    masks[0] = False
+    masks[1] = True
+    expected = [coco_mask.encode(np.asfortranarray(m.numpy().astype(np.uint8))) for m in masks]
+    got = encode_masks(masks)
+    assert [r["counts"] for r in got] == [e["counts"].decode() for e in expected]
+    assert [r["size"] for r in got] == [[37, 53]] * 7
+    assert encode_masks(torch.zeros((0, 5, 5), dtype=torch.bool)) == []
+
+
+def test_argmax_over_the_first_dimension_keeps_the_first_of_ties():
+    x = torch.randn(5, 9, 11)
+    x[:, 0, 0] = 1.0  # a tie: the first index wins, as torch.argmax(0)
+    assert torch.equal(argmax_over_first_dim(x), x.argmax(0))
+    assert argmax_over_first_dim(x)[0, 0] == 0
+
+
+# ------------------------------------------------------------------------ batched inference
+def _inputs(sizes, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return [{"image": torch.randint(0, 256, (3, h, w), generator=g).float(), "height": h, "width": w}
+            for h, w in sizes]
+
+
+def test_a_batch_gives_each_image_its_batch_of_one_output():
+    cfg = set_enabled_tasks(tiny_cfg(), ["semantic", "instance", "panoptic"])
+    model = build_model(cfg).eval()
+    # 64x64 and 60x62 pad to the same size (one group), 96x64 to another
+    inputs = _inputs([(64, 64), (96, 64), (60, 62), (64, 64), (96, 64)])
+    with torch.no_grad():
+        batched = model(inputs)
+        alone = [model([x])[0] for x in inputs]
+    assert len(batched) == len(inputs)
+    for b, a, x in zip(batched, alone, inputs):
+        assert b["sem_seg"].shape == (cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, x["height"], x["width"])
+        torch.testing.assert_close(b["sem_seg"], a["sem_seg"], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(b["instances"].scores, a["instances"].scores, rtol=1e-4, atol=1e-5)
+        assert torch.equal(b["panoptic_seg"][0], a["panoptic_seg"][0])
+    assert model.padded_size(inputs[0]["image"]) == model.padded_size(inputs[2]["image"])
+    assert model.padded_size(inputs[0]["image"]) != model.padded_size(inputs[1]["image"])
+
+
+def test_the_test_loader_batches_by_the_config(tmp_path):
+    from maskformer_d2.data import register_shapes
+    from maskformer_d2.engine import Trainer
+    cfg = tiny_cfg()
+    cfg.defrost()
+    cfg.DATASETS.SHAPES.ROOT = str(tmp_path)
+    cfg.DATASETS.SHAPES.NUM_TRAIN, cfg.DATASETS.SHAPES.NUM_VAL = 2, 11
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.TEST.IMS_PER_BATCH = 4
+    register_shapes(cfg)
+    batches = list(Trainer.build_test_loader(cfg, cfg.DATASETS.TEST[0]))
+    assert [len(b) for b in batches] == [4, 4, 3]
+
+
+# ------------------------------------------------------------------------------------ bf16
+def test_bf16_runs_the_network_under_autocast_with_float32_outputs():
+    cfg = set_enabled_tasks(tiny_cfg(), ["semantic", "panoptic"])
+    model = build_model(cfg).eval()
+    inputs = _inputs([(64, 64)])
+    with torch.no_grad():
+        fp32 = model(inputs)[0]
+        model.precision = "bf16"  # what TEST.PRECISION bf16 resolves to where the CPU has bf16 units
+        raw = model.run_network(model.preprocess_image(inputs).tensor)
+        bf16 = model(inputs)[0]
+    assert raw["pred_logits"].dtype == torch.float32 and raw["pred_masks"].dtype == torch.float32
+    assert bf16["sem_seg"].dtype == torch.float32
+    difference = (bf16["sem_seg"] - fp32["sem_seg"]).abs().max()
+    assert 0 < difference < 0.1  # rounded to bf16, not another model
+
+
+def test_bf16_where_the_cpu_has_no_bf16_units_is_fp32_with_one_warning(monkeypatch, caplog):
+    monkeypatch.setattr(precision_module, "cpu_supports_bf16", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="maskformer_d2.inference.precision"):
+        assert precision_module.resolve_precision("bf16", torch.device("cpu")) == "fp32"
+    assert len(caplog.records) == 1
+    assert "no bf16 units" in caplog.records[0].getMessage() and "fp32" in caplog.records[0].getMessage()
+    monkeypatch.setattr(precision_module, "cpu_supports_bf16", lambda: True)
+    assert precision_module.resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    assert precision_module.resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    with pytest.raises(ValueError, match="TEST.PRECISION is 'fp16'; use one of fp32, bf16"):
+        precision_module.resolve_precision("fp16", torch.device("cpu"))
+
+
+def test_precision_flag_sets_the_config_key(tmp_path):
+    from maskformer_d2.engine.command import argument_parser, build_cfg
+    config = str(REPO / "configs" / "shapes" / "maskformer_R18_shapes.yaml")
+    for flags, expected in (([], "fp32"), (["--precision", "bf16"], "bf16")):
+        args = argument_parser().parse_args(["--config-file", config, *flags, "OUTPUT_DIR", str(tmp_path)])
+        assert build_cfg(args).TEST.PRECISION == expected
