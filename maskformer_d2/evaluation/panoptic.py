@@ -22,7 +22,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.evaluation import COCOPanopticEvaluator
 from detectron2.evaluation.panoptic_evaluation import _print_panoptic_results
 from detectron2.utils.file_io import PathManager
-from panopticapi.evaluation import VOID
+from panopticapi.evaluation import VOID, PQStat
 
 __all__ = ["PanopticEvaluatorWithClasses", "InMemoryPanopticEvaluator", "PQStats", "accumulate_image",
            "per_class_pq", "read_panoptic_png"]
@@ -108,24 +108,18 @@ class PQStats:
 
     def average(self, isthing: Optional[bool]) -> Tuple[Dict[str, float], Dict[int, Dict[str, float]]]:
         """panopticapi's ``pq_average``: the mean PQ / SQ / RQ over the categories (of one kind)
-        that have a match, a false positive or a false negative; and per category."""
-        totals = {"pq": 0.0, "sq": 0.0, "rq": 0.0}
-        per_class: Dict[int, Dict[str, float]] = {}
-        n = 0
+        that have a match, a false positive or a false negative; and per category. Zeros where
+        no category of the kind has any (panopticapi would divide by zero)."""
+        stat = PQStat()
         for i, category_id in enumerate(self.category_ids):
-            if isthing is not None and bool(self.isthing[i]) != isthing:
-                continue
-            iou, tp, fp, fn = float(self.iou[i]), int(self.tp[i]), int(self.fp[i]), int(self.fn[i])
-            if tp + fp + fn == 0:
-                per_class[category_id] = {"pq": 0.0, "sq": 0.0, "rq": 0.0}
-                continue
-            n += 1
-            per_class[category_id] = {"pq": iou / (tp + 0.5 * fp + 0.5 * fn), "sq": iou / tp if tp else 0,
-                                      "rq": tp / (tp + 0.5 * fp + 0.5 * fn)}
-            for key in totals:
-                totals[key] += per_class[category_id][key]
-        averages = {key: value / n if n else 0.0 for key, value in totals.items()}
-        return {**averages, "n": n}, per_class
+            cat = stat[category_id]
+            cat.iou, cat.tp, cat.fp, cat.fn = float(self.iou[i]), int(self.tp[i]), int(self.fp[i]), int(self.fn[i])
+        categories = {c: {"isthing": int(t)} for c, t in zip(self.category_ids, self.isthing)}
+        kind = np.ones(len(self.category_ids), dtype=bool) if isthing is None else self.isthing == isthing
+        if not (self.tp + self.fp + self.fn)[kind].any():
+            zeros = {"pq": 0.0, "sq": 0.0, "rq": 0.0}
+            return {**zeros, "n": 0}, {c: dict(zeros) for c, k in zip(self.category_ids, kind) if k}
+        return stat.pq_average(categories, isthing)
 
     def results(self) -> Dict:
         """What panopticapi's ``pq_compute`` returns: "All", "Things", "Stuff", "per_class"."""
@@ -181,8 +175,8 @@ def accumulate_image(stats: PQStats, gt_ids: np.ndarray, gt_segments: List[Dict]
     else:
         pred_values, pred_index = np.unique(pred, return_inverse=True)
     pred_area = np.bincount(pred_index, minlength=len(pred_values))
-    for p in np.flatnonzero(pred_area):
-        label = int(pred_values[p])
+    area_of = {int(pred_values[p]): int(pred_area[p]) for p in np.flatnonzero(pred_area)}
+    for label in area_of:
         if label not in pred_segms:
             if label == VOID:
                 continue
@@ -190,11 +184,9 @@ def accumulate_image(stats: PQStats, gt_ids: np.ndarray, gt_segments: List[Dict]
         if pred_segms[label]["category_id"] not in stats.index:
             raise KeyError(f"image {image_id}: segment {label} has unknown category_id "
                            f"{pred_segms[label]['category_id']}")
-    present = {int(pred_values[p]) for p in np.flatnonzero(pred_area)}
-    if set(pred_segms) - present:
-        raise KeyError(f"image {image_id}: segments {sorted(set(pred_segms) - present)} are in "
+    if set(pred_segms) - set(area_of):
+        raise KeyError(f"image {image_id}: segments {sorted(set(pred_segms) - set(area_of))} are in "
                        "segments_info but not in the panoptic map")
-    area_of = {int(pred_values[p]): int(pred_area[p]) for p in np.flatnonzero(pred_area)}
 
     gt_values = np.array(sorted({VOID} | set(gt_segms)), dtype=np.int64)
     gt_index = _pixel_index(gt_ids.reshape(-1), gt_values)
