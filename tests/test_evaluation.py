@@ -27,7 +27,7 @@ from maskformer_d2.evaluation.synthetic import (
     synthetic_outputs,
 )
 from maskformer_d2.inference import precision as precision_module
-from maskformer_d2.inference.postprocessing import argmax_over_first_dim
+from maskformer_d2.inference.postprocessing import argmax_over_first_dim, mask_boxes
 from maskformer_d2.inference.tasks import set_enabled_tasks
 
 
@@ -53,6 +53,59 @@ def test_fast_evaluators_equal_the_stock_ones_on_a_coco_sized_synthetic_set(tmp_
         (metrics,) = fast.values()
         assert low < metrics[key] < high, (task, metrics[key])  # a set that tells evaluators apart
         assert len(metrics) > 12  # per-class numbers included
+
+
+def _small_synthetic_set(tmp_path, num_images: int = 6):
+    spec = SyntheticSpec(num_images=num_images, height=48, width=64, segments=6, detections=10)
+    return spec, register_synthetic_set(spec, str(tmp_path / "set"))
+
+
+def test_semantic_ground_truth_of_8_and_16_bits_gives_the_stock_numbers(tmp_path):
+    """8-bit label PNGs go through the evaluator's lookup table (the ignore label, 255, becomes
+    "no class"); 16-bit ones (values above 255 possible) through integer arithmetic as in d2."""
+    from detectron2.data import MetadataCatalog
+    from detectron2.evaluation import SemSegEvaluator
+
+    from maskformer_d2.evaluation.semantic import FastSemSegEvaluator
+    spec, name = _small_synthetic_set(tmp_path)
+    pairs = [synthetic_outputs(spec, name, i) for i in range(spec.num_images)]
+    folder = MetadataCatalog.get(name).sem_seg_root
+    for bits in (8, 16):
+        if bits == 16:  # the same labels rewritten as 16-bit PNGs
+            for i in range(spec.num_images):
+                path = f"{folder}/{i + 1:06d}.png"
+                labels = np.array(Image.open(path)).astype(np.uint16)
+                Image.fromarray(labels).save(path)
+                assert np.array(Image.open(path)).dtype == np.uint16
+        results = {}
+        for cls in (SemSegEvaluator, FastSemSegEvaluator):
+            evaluator = cls(name, distributed=False)
+            evaluator.reset()
+            for inputs, outputs in pairs:
+                evaluator.process([inputs], [outputs])
+            results[cls.__name__] = (evaluator.evaluate(), evaluator._conf_matrix.copy())
+        (stock, stock_conf), (fast, fast_conf) = results["SemSegEvaluator"], results["FastSemSegEvaluator"]
+        assert np.array_equal(stock_conf, fast_conf), bits
+        assert stock_conf[:, -1].sum() > 0  # ignored pixels counted in the "no class" column
+        assert max(metric_differences(stock, fast).values()) == 0, bits
+        assert 30 < fast["sem_seg"]["mIoU"] < 100
+
+
+def test_instance_evaluator_writes_no_pickle_unless_asked(tmp_path):
+    """coco_instances_results.json as from detectron2; instances_predictions.pth (a pickle of
+    the same results) only with write_predictions."""
+    from maskformer_d2.evaluation.instance import FastCOCOEvaluator
+    spec, name = _small_synthetic_set(tmp_path)
+    for write, out in ((False, tmp_path / "plain"), (True, tmp_path / "with_pth")):
+        evaluator = FastCOCOEvaluator(name, distributed=False, output_dir=str(out), write_predictions=write)
+        evaluator.reset()
+        for i in range(spec.num_images):
+            evaluator.process(*([x] for x in synthetic_outputs(spec, name, i)))
+        results = evaluator.evaluate()
+        assert 0 < results["segm"]["AP50"] <= 100
+        with open(out / "coco_instances_results.json") as f:
+            assert len(json.load(f)) == spec.num_images * spec.detections
+        assert (out / "instances_predictions.pth").exists() == write
 
 
 def _random_panoptic_pair(rng: np.random.Generator, categories):
@@ -124,6 +177,22 @@ def test_all_masks_of_an_image_encode_to_pycocotools_strings():
     assert [r["counts"] for r in got] == [e["counts"].decode() for e in expected]
     assert [r["size"] for r in got] == [[37, 53]] * 7
     assert encode_masks(torch.zeros((0, 5, 5), dtype=torch.bool)) == []
+
+
+def test_mask_boxes_are_detectron2s_bounding_boxes():
+    from detectron2.structures import BitMasks
+    rng = np.random.default_rng(2)
+    masks = torch.zeros((6, 31, 45), dtype=torch.bool)
+    masks[0, 3:9, 10:30] = True
+    masks[1, 30, 44] = True  # the last pixel
+    masks[2, 0, 0] = True  # the first
+    masks[4] = torch.from_numpy(rng.random((31, 45)) < 0.05)
+    masks[5] = True
+    boxes = mask_boxes(masks)  # masks[3] stays empty
+    assert torch.equal(boxes, BitMasks(masks).get_bounding_boxes().tensor)
+    assert boxes[0].tolist() == [10, 3, 30, 9] and boxes[1].tolist() == [44, 30, 45, 31]
+    assert boxes[3].tolist() == [0, 0, 0, 0] and boxes[5].tolist() == [0, 0, 45, 31]
+    assert mask_boxes(torch.zeros((0, 4, 4), dtype=torch.bool)).shape == (0, 4)
 
 
 def test_argmax_over_the_first_dimension_keeps_the_first_of_ties():

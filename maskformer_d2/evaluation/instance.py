@@ -1,14 +1,17 @@
 """detectron2's ``COCOEvaluator`` with the same numbers from a compiled COCOeval.
 
-Two changes, nothing else: the masks of an image are RLE-encoded in one call (hotcoco's encoder,
-pycocotools' strings) instead of one call per instance, and COCOeval is hotcoco's (Rust,
-pycocotools-compatible: the same ``stats`` and ``eval["precision"]`` arrays; chosen over
-faster-coco-eval, measured in docs/performance.md).
-Detectron2 turns its arrays into AP, AP50, ..., AP-<class> as before.
+The masks of an image are RLE-encoded in one call (hotcoco's encoder, pycocotools' strings)
+instead of one call per instance, and COCOeval is hotcoco's (Rust, pycocotools-compatible: the
+same ``stats`` and ``eval["precision"]`` arrays; chosen over faster-coco-eval, measured in
+docs/performance.md). Detectron2 turns its arrays into AP, AP50, ..., AP-<class> as before.
+The output folder gets ``coco_instances_results.json`` as from detectron2, but not
+``instances_predictions.pth`` (a pickle of the same results, per image) unless asked for.
 """
+import copy
 import itertools
 import json
 import os
+from collections import OrderedDict
 from typing import Dict, List
 
 import cv2
@@ -17,6 +20,7 @@ import torch
 from detectron2.evaluation import COCOEvaluator
 from detectron2.evaluation.coco_evaluation import _evaluate_predictions_on_coco
 from detectron2.structures import BoxMode, Instances
+from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
 __all__ = ["FastCOCOEvaluator", "encode_masks", "instances_to_coco_results"]
@@ -61,12 +65,14 @@ class FastCOCOEvaluator(COCOEvaluator):
 
     _COMPILED_TASKS = {"bbox", "segm"}
 
-    def __init__(self, dataset_name: str, tasks=("segm",), distributed: bool = True, output_dir=None, **kwargs):
+    def __init__(self, dataset_name: str, tasks=("segm",), distributed: bool = True, output_dir=None, *,
+                 write_predictions: bool = False, **kwargs):
         if any(t not in self._COMPILED_TASKS for t in tasks or ()):
             raise ValueError(f"FastCOCOEvaluator evaluates {sorted(self._COMPILED_TASKS)}, not {tasks}")
         super().__init__(dataset_name, tasks=tasks, distributed=distributed, output_dir=output_dir,
                          use_fast_impl=False, **kwargs)
         self._compiled_gt = None
+        self._write_predictions = write_predictions
 
     def process(self, inputs: List[Dict], outputs: List[Dict]) -> None:
         for input, output in zip(inputs, outputs):
@@ -75,6 +81,25 @@ class FastCOCOEvaluator(COCOEvaluator):
                 self._predictions.append(
                     {"image_id": input["image_id"],
                      "instances": instances_to_coco_results(instances, input["image_id"])})
+
+    def evaluate(self, img_ids=None):
+        """detectron2's ``evaluate``; ``instances_predictions.pth`` only with ``write_predictions``."""
+        if self._write_predictions:
+            return super().evaluate(img_ids)
+        predictions = self._predictions
+        if self._distributed:
+            comm.synchronize()
+            predictions = list(itertools.chain(*comm.gather(predictions, dst=0)))
+            if not comm.is_main_process():
+                return {}
+        if not predictions:
+            self._logger.warning("[FastCOCOEvaluator] Did not receive valid predictions.")
+            return {}
+        if self._output_dir:
+            PathManager.mkdirs(self._output_dir)
+        self._results = OrderedDict()
+        self._eval_predictions(predictions, img_ids=img_ids)
+        return copy.deepcopy(self._results)
 
     def _ground_truth(self):
         """The annotations as a hotcoco COCO (loaded once, from the file detectron2 loaded)."""

@@ -6,8 +6,9 @@ COCO-stuff JSON of the predictions (one RLE per class and image, which costs mor
 rest of the evaluation) is written only when asked for.
 """
 import os
-from typing import Dict, List
+from typing import Dict, List, Optional
 
+import cv2
 import numpy as np
 import torch
 from detectron2.evaluation import SemSegEvaluator
@@ -26,18 +27,19 @@ class FastSemSegEvaluator(SemSegEvaluator):
                  write_predictions: bool = False):
         super().__init__(dataset_name, distributed=distributed, output_dir=output_dir)
         self._write_predictions = write_predictions
+        self._relabel: Optional[np.ndarray] = None
 
     def process(self, inputs: List[Dict], outputs: List[Dict]) -> None:
         """Args: dataset dicts ("file_name") and model outputs ("sem_seg": (K, H, W) scores)."""
         size = self._num_classes + 1
         for input, output in zip(inputs, outputs):
             pred = argmax_over_first_dim(output["sem_seg"]).to(self._cpu_device).numpy()
-            gt = self.sem_seg_loading_fn(self.input_file_to_gt_file[input["file_name"]], dtype=int)
-            gt[gt == self._ignore_label] = self._num_classes
-            self._conf_matrix += np.bincount(size * pred.reshape(-1) + gt.reshape(-1),
-                                             minlength=size * size).reshape(size, size)
+            gt = self._ground_truth(input["file_name"])
+            index = pred * size
+            index += gt
+            self._conf_matrix += np.bincount(index.reshape(-1), minlength=size * size).reshape(size, size)
             if self._compute_boundary_iou:
-                b_gt = self._mask_to_boundary(gt.astype(np.uint8))
+                b_gt = self._mask_to_boundary(gt.astype(np.uint8, copy=False))
                 b_pred = self._mask_to_boundary(pred.astype(np.uint8))
                 # uint8 arithmetic as detectron2's (it wraps around from 16 classes on: the same
                 # boundary numbers as the stock evaluator, not corrected ones)
@@ -45,6 +47,20 @@ class FastSemSegEvaluator(SemSegEvaluator):
                                                    minlength=size * size).reshape(size, size)
             if self._write_predictions:
                 self._predictions.extend(self.encode_json_sem_seg(pred, input["file_name"]))
+
+    def _ground_truth(self, file_name: str) -> np.ndarray:
+        """(H, W) ground-truth classes of an image, the ignore label replaced by K (as detectron2):
+        8-bit label images through a 256-entry table, kept 8-bit; others as int64."""
+        gt = np.asarray(self.sem_seg_loading_fn(self.input_file_to_gt_file[file_name], dtype=None))
+        if gt.dtype == np.uint8 and self._num_classes < 256:
+            if self._relabel is None:
+                self._relabel = np.arange(256, dtype=np.uint8)
+                if 0 <= self._ignore_label < 256:
+                    self._relabel[self._ignore_label] = self._num_classes
+            return cv2.LUT(gt, self._relabel)
+        gt = gt.astype(np.int64)
+        gt[gt == self._ignore_label] = self._num_classes
+        return gt
 
     def evaluate(self):
         if self._write_predictions:

@@ -10,7 +10,6 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
 from .losses import batch_dice_cost, batch_sigmoid_focal_cost, no_autocast, pad_masks_to_common_size
@@ -160,6 +159,8 @@ class HungarianMatcher(nn.Module):
         for b, (t, m) in enumerate(zip(targets, target_masks)):
             labels[b, : counts[b]] = t["labels"]
             masks[b, : counts[b]] = m
+        from scipy.optimize import linear_sum_assignment  # here: --eval-only never imports scipy
+
         cost = self.batch_cost_matrix(pred_logits, pred, labels, masks).cpu()  # one transfer per call
         indices = []
         for b, n in enumerate(counts):
