@@ -200,6 +200,14 @@ def test_argmax_over_the_first_dimension_keeps_the_first_of_ties():
     x[:, 0, 0] = 1.0  # a tie: the first index wins, as torch.argmax(0)
     assert torch.equal(argmax_over_first_dim(x), x.argmax(0))
     assert argmax_over_first_dim(x)[0, 0] == 0
+    for n in (31, 32, 150):  # torch below 32 entries, NumPy from 32 on
+        x = torch.randn(9, 11, n).permute(2, 0, 1)  # laid out (H, W, N), as semantic scores are
+        x[:, 0, 0] = 1.0
+        x[[3, 7], 1, 2] = 9.0
+        for scores in (x, x.contiguous(), x.double()):
+            got = argmax_over_first_dim(scores)
+            assert got.dtype == torch.int64 and torch.equal(got, x.argmax(0))
+            assert got[0, 0] == 0 and got[1, 2] == 3
 
 
 # ------------------------------------------------------------------------ batched inference
