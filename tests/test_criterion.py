@@ -100,6 +100,22 @@ def perfect_outputs(targets, num_queries=5, matched=(3, 1)):
     return {"pred_logits": logits, "pred_masks": pred_masks}
 
 
+def test_matched_targets_are_sampled_where_they_lie_as_their_copies_would_be():
+    from maskformer_d2.modeling.criterion import _sample_matched_targets
+    from maskformer_d2.modeling.point_sampling import sample_masks
+    g = torch.Generator().manual_seed(0)
+    targets = [(torch.rand(5, 24, 32, generator=g) > 0.5).float(), (torch.rand(3, 24, 32, generator=g) > 0.5).float()]
+    # image 0: 4 of its 5 targets matched, out of order; image 1: all 3
+    indices = [(torch.tensor([7, 2, 9, 0]), torch.tensor([3, 0, 4, 1])),
+               (torch.tensor([1, 5, 6]), torch.tensor([2, 1, 0]))]
+    points = torch.rand(7, 50, 2, generator=g)
+    copies = torch.cat([m[j] for m, (_, j) in zip(targets, indices)])
+    expected = sample_masks(copies[:, None], points)[:, 0]
+    got = _sample_matched_targets(targets, indices, points)
+    assert got.shape == (7, 50) and torch.equal(got, expected)
+    assert 0 < got.mean() < 1 and not torch.equal(got[0], got[1])
+
+
 def test_perfect_prediction_has_almost_zero_loss():
     targets = two_targets()
     losses = make_criterion()(perfect_outputs(targets), targets)

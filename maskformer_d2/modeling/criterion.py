@@ -67,6 +67,26 @@ def _query_index(indices: Indices) -> Tuple[Tensor, Tensor]:
     return batch, torch.cat([src for src, _ in indices])
 
 
+def _sample_matched_targets(target_masks: Sequence[Tensor], indices: Indices, points: Tensor) -> Tensor:
+    """Each matched target mask's values at its prediction's points, sampled where the targets
+    lie: no copy of the matched (H, W) masks (the same values as sampling those copies).
+
+    Args:
+        target_masks: per image (n_b, H, W) target masks (padded to one size).
+        indices: per image the (prediction, target) index pairs of the matching.
+        points: (N, P, 2) points of the N matched pairs, image by image.
+    Returns:
+        (N, P) target values.
+    """
+    values, start = [], 0
+    for masks, (_, tgt) in zip(target_masks, indices):
+        grid = points.new_zeros((masks.shape[0],) + points.shape[1:])  # unmatched targets: unused
+        grid[tgt] = points[start:start + len(tgt)]
+        start += len(tgt)
+        values.append(sample_masks(masks[:, None].to(points), grid)[tgt, 0])
+    return torch.cat(values)
+
+
 class SetCriterion(nn.Module):
     """Loss of MaskFormer's set prediction (see the module docstring)."""
 
@@ -156,13 +176,13 @@ class SetCriterion(nn.Module):
             zero = pred_masks.sum() * 0.0
             return {"loss_mask": zero, "loss_dice": zero.clone()}
         padded = pad_masks_to_common_size([t["masks"] for t in targets])
-        tgt = torch.cat([m[j] for m, (_, j) in zip(padded, indices)])  # (N, H, W)
         if not self.point_sampling.enabled:
+            tgt = torch.cat([m[j] for m, (_, j) in zip(padded, indices)])  # (N, H, W)
             focal, dice = upsampled_mask_losses(src, tgt.to(src.device), num_masks)
             return {"loss_mask": focal, "loss_dice": dice}
         points = loss_points(src, self.point_sampling)  # (N, P, 2)
         with torch.no_grad():
-            point_labels = sample_masks(tgt[:, None].to(src), points)[:, 0]
+            point_labels = _sample_matched_targets(padded, indices, points.to(src))
         point_logits = sample_masks(src[:, None], points)[:, 0]
         return {
             "loss_mask": _POINT_MASK_LOSSES[self.mask_loss](point_logits, point_labels, num_masks),
