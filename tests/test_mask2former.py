@@ -23,6 +23,7 @@ from maskformer_d2.config import load_config
 from maskformer_d2.inference.postprocessing import panoptic_inference
 from maskformer_d2.modeling.pixel_decoder.deformable_attention import (
     MSDeformAttn,
+    _sampled_attention,
     multi_scale_deformable_attention,
 )
 from maskformer_d2.modeling.recipe import num_train_points, recipe_of
@@ -98,9 +99,28 @@ def test_deformable_attention_is_the_same_with_and_without_autograd():
     weights = torch.softmax(torch.randn(2, 9, 4, 12), -1).view(2, 9, 4, 3, 4)
     with torch.no_grad():
         gathered = multi_scale_deformable_attention(value, shapes, locations, weights)
-    sampled = multi_scale_deformable_attention(value.requires_grad_(), shapes, locations, weights)
-    assert sampled.requires_grad and not gathered.requires_grad
+    trained = multi_scale_deformable_attention(value.requires_grad_(), shapes, locations, weights)
+    sampled = _sampled_attention(value, shapes, locations, weights)  # what an export traces
+    assert trained.requires_grad and not gathered.requires_grad
+    torch.testing.assert_close(trained.detach(), gathered, rtol=0, atol=0)
     torch.testing.assert_close(sampled.detach(), gathered, rtol=0, atol=1e-5)
+
+
+def test_deformable_attention_backward_equals_grid_sample_autograd():
+    """The recomputing backward gives the gradients autograd takes through ``grid_sample``."""
+    torch.manual_seed(4)
+    shapes = [(8, 6), (4, 3), (2, 2)]
+    inputs = (torch.randn(2, 64, 4, 8), torch.rand(2, 11, 4, 3, 4, 2) * 1.3 - 0.15,
+              torch.softmax(torch.randn(2, 11, 4, 12), -1).view(2, 11, 4, 3, 4))
+    grad_out = torch.randn(2, 11, 32)
+    grads = []
+    for fn in (multi_scale_deformable_attention, _sampled_attention):
+        leaves = [t.clone().requires_grad_() for t in inputs]
+        out = fn(leaves[0], shapes, leaves[1], leaves[2])
+        grads.append(torch.autograd.grad(out, leaves, grad_out))
+    for got, expected in zip(*grads):
+        assert got.shape == expected.shape and expected.abs().max() > 0.1
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
 
 
 def test_deformable_attention_starts_on_rings_with_uniform_weights():

@@ -10,10 +10,11 @@ Parameter names are those of the official module: ``sampling_offsets``, ``attent
 ``value_proj``, ``output_proj``.
 """
 import math
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from ..export_mode import is_exporting
@@ -29,11 +30,13 @@ def multi_scale_deformable_attention(
 ) -> Tensor:
     """Attention-weighted sum of bilinearly sampled values.
 
-    Two exact implementations, chosen by what is faster on a CPU (measured at Mask2Former R50's
-    512x512 sizes; numbers in docs/performance.md): without autograd, one ``embedding_bag`` over
-    the bilinear corner rows (:func:`_gathered_attention`, faster than ``grid_sample`` per level);
-    with autograd, ``grid_sample`` per level (:func:`_sampled_attention`), whose backward is
-    faster than ``embedding_bag``'s.
+    Exact implementations chosen by what is faster or leaner on a CPU (measured at Mask2Former
+    R50's 512x512 sizes; numbers in docs/performance.md): the forward is one ``embedding_bag``
+    over the bilinear corner rows (:func:`_gathered_attention`, faster than ``grid_sample`` per
+    level); with autograd, :class:`_RecomputedAttention` wraps it and its backward recomputes
+    the sampled values one level at a time and takes ``grid_sample``'s backward (faster than
+    ``embedding_bag``'s), so nothing of size (B*M, D, Lq, L*P) is kept for backward. Exported
+    graphs take ``grid_sample`` per level (:func:`_sampled_attention`; GridSample is an ONNX op).
 
     Args:
         value: (B, S, M, D) values of all levels, flattened and concatenated (S = sum h_l*w_l),
@@ -46,10 +49,82 @@ def multi_scale_deformable_attention(
         (B, Lq, M * D) attended values.
     """
     inputs = (value, sampling_locations, attention_weights)
-    # exported graphs take grid_sample (GridSample is an ONNX op)
-    if is_exporting() or (torch.is_grad_enabled() and any(t.requires_grad for t in inputs)):
+    if is_exporting():
         return _sampled_attention(value, spatial_shapes, sampling_locations, attention_weights)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+        return _RecomputedAttention.apply(value, tuple(spatial_shapes), sampling_locations,
+                                          attention_weights)
     return _gathered_attention(value, spatial_shapes, sampling_locations, attention_weights)
+
+
+def _level_grids(sampling_locations: Tensor) -> Tensor:
+    """(B, Lq, M, L, P, 2) locations in [0, 1] -> (B*M, L, Lq, P, 2) ``grid_sample`` grids in
+    [-1, 1]."""
+    return (2 * sampling_locations - 1).permute(0, 2, 3, 1, 4, 5).flatten(0, 1)
+
+
+def _level_values(value: Tensor, spatial_shapes: Sequence[Tuple[int, int]]) -> List[Tensor]:
+    """(B, S, M, D) -> one (B*M, D, h_l, w_l) map per level."""
+    batch, _, heads, dim = value.shape
+    maps, start = [], 0
+    for h, w in spatial_shapes:
+        # slicing (not split) keeps the sizes symbolic when traced for export
+        maps.append(value[:, start:start + h * w].permute(0, 2, 3, 1).reshape(batch * heads, dim, h, w))
+        start = start + h * w
+    return maps
+
+
+class _RecomputedAttention(torch.autograd.Function):
+    """:func:`multi_scale_deformable_attention` with autograd that keeps only its inputs.
+
+    Autograd through ``grid_sample`` would keep the sampled values, (B*M, D, Lq, L*P) floats per
+    layer (132 MB at Mask2Former R50's 512x512 training sizes, 6 layers); this backward samples
+    them again one level at a time. The gradients are those of :func:`_sampled_attention`:
+    ``grid_sample``'s own backward for the values and locations, sampled values dotted with the
+    output gradient for the attention weights.
+    """
+
+    @staticmethod
+    def forward(ctx, value: Tensor, spatial_shapes: Tuple[Tuple[int, int], ...],
+                sampling_locations: Tensor, attention_weights: Tensor) -> Tensor:
+        ctx.save_for_backward(value, sampling_locations, attention_weights)
+        ctx.spatial_shapes = spatial_shapes
+        return _gathered_attention(value, spatial_shapes, sampling_locations, attention_weights)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        value, sampling_locations, attention_weights = ctx.saved_tensors
+        batch, size, heads, dim = value.shape
+        _, num_queries, _, levels, points, _ = sampling_locations.shape
+        # (B, Lq, M*D) -> (B*M, D, Lq, 1): the gradient of every sampled value of a query
+        grad = grad_out.reshape(batch, num_queries, heads, dim).permute(0, 2, 3, 1)
+        grad = grad.reshape(batch * heads, dim, num_queries, 1)
+        weights = attention_weights.permute(0, 2, 3, 1, 4).reshape(batch * heads, levels, 1,
+                                                                   num_queries, points)
+        grids = _level_grids(sampling_locations)
+        need_value = ctx.needs_input_grad[0]
+        grad_values, grad_grids, grad_weights = [], [], []
+        for level, v in enumerate(_level_values(value, ctx.spatial_shapes)):
+            grid = grids[:, level]
+            sampled = F.grid_sample(v, grid, mode="bilinear", padding_mode="zeros",
+                                    align_corners=False)  # (B*M, D, Lq, P)
+            grad_weights.append((sampled * grad).sum(1))  # (B*M, Lq, P)
+            del sampled
+            # bilinear, zeros padding, align_corners False
+            grad_v, grad_grid = torch.ops.aten.grid_sampler_2d_backward(
+                grad * weights[:, level], v, grid, 0, 0, False, [need_value, True])
+            grad_grids.append(grad_grid)  # (B*M, Lq, P, 2)
+            if need_value:
+                grad_values.append(grad_v.flatten(2))  # (B*M, D, h*w)
+        grad_locations = 2 * torch.stack(grad_grids, 1).view(batch, heads, levels, num_queries,
+                                                             points, 2).permute(0, 3, 1, 2, 4, 5)
+        grad_weights = torch.stack(grad_weights, 1).view(batch, heads, levels, num_queries,
+                                                         points).permute(0, 3, 1, 2, 4)
+        grad_value = None
+        if need_value:
+            grad_value = torch.cat(grad_values, -1).view(batch, heads, dim, size).permute(0, 3, 1, 2)
+        return grad_value, None, grad_locations, grad_weights
 
 
 def _sampled_attention(value: Tensor, spatial_shapes: Sequence[Tuple[int, int]],
@@ -57,15 +132,10 @@ def _sampled_attention(value: Tensor, spatial_shapes: Sequence[Tuple[int, int]],
     """:func:`multi_scale_deformable_attention` with ``grid_sample`` on each level."""
     batch, _, heads, dim = value.shape
     _, num_queries, _, levels, points, _ = sampling_locations.shape
-    # grid_sample coordinates are in [-1, 1]; (B, Lq, M, L, P, 2) -> (B*M, L, Lq, P, 2)
-    grids = (2 * sampling_locations - 1).permute(0, 2, 3, 1, 4, 5).flatten(0, 1)
-    sampled, start = [], 0
-    for level, (h, w) in enumerate(spatial_shapes):
-        # slicing (not split) keeps the sizes symbolic when traced for export
-        v = value[:, start:start + h * w].permute(0, 2, 3, 1).reshape(batch * heads, dim, h, w)
-        start = start + h * w
-        sampled.append(F.grid_sample(v, grids[:, level], mode="bilinear", padding_mode="zeros",
-                                     align_corners=False))  # (B*M, D, Lq, P)
+    grids = _level_grids(sampling_locations)
+    sampled = [F.grid_sample(v, grids[:, level], mode="bilinear", padding_mode="zeros",
+                             align_corners=False)  # (B*M, D, Lq, P)
+               for level, v in enumerate(_level_values(value, spatial_shapes))]
     weights = attention_weights.permute(0, 2, 1, 3, 4).reshape(batch * heads, 1, num_queries,
                                                                 levels * points)
     out = (torch.cat(sampled, dim=-1) * weights).sum(-1)  # (B*M, D, Lq)
