@@ -85,6 +85,26 @@ def test_task_outputs_do_not_depend_on_which_masks_were_computed_first():
                                    rtol=0, atol=1e-6)
 
 
+def test_cpu_layout_is_channels_last_in_eval_and_contiguous_in_training():
+    """On the CPU inference runs in NHWC and training in NCHW (its convolution backward is the
+    faster one); switching keeps the parameter objects an optimiser holds, and their values."""
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg())
+    convs = [p for p in model.parameters() if p.dim() == 4]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    assert model.training and all(p.is_contiguous() for p in convs)
+    model.eval()
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    assert [p for p in model.parameters() if p.dim() == 4] == convs
+    images = model.preprocess_image([{"image": torch.rand(3, 64, 96) * 255}])
+    assert images.tensor.is_contiguous(memory_format=torch.channels_last)
+    model.train()
+    assert all(p.is_contiguous() for p in convs)
+    assert model.preprocess_image([{"image": torch.rand(3, 64, 96) * 255}]).tensor.is_contiguous()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), k
+
+
 def test_maskformer_inference_skips_the_earlier_layers_predictions():
     """The meta-architecture reads the final prediction only; the head returns the official
     eval-mode outputs (every layer's) when asked, with the same final prediction."""

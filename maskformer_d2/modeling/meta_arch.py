@@ -52,10 +52,12 @@ class MaskFormer(nn.Module):
             size_divisibility: images are padded to a multiple of it (<0: the backbone's).
             tasks: names of the outputs inference returns (see :mod:`maskformer_d2.inference.tasks`).
             inference_options: thresholds, top-k and thing classes of post-processing.
-            channels_last: keep 4-d weights and images in channels-last (NHWC) memory layout,
-                in which oneDNN's CPU convolutions need no layout reorders (the default on the
-                CPU, see ``from_config``; docs/performance.md). Values are the same up to float
-                rounding.
+            channels_last: in inference (eval mode), keep 4-d weights and images in
+                channels-last (NHWC) memory layout, in which oneDNN's CPU convolutions need no
+                layout reorders (the default on the CPU, see ``from_config``); training keeps the
+                contiguous (NCHW) layout, whose convolution backward is the faster one on the CPU
+                (docs/performance.md). :meth:`train` switches the weights between the two. Values
+                are the same up to float rounding.
             precision: "fp32", or "bf16": inference runs the network under autocast in bfloat16
                 where the device has bf16 units (:mod:`maskformer_d2.inference.precision`).
         """
@@ -85,10 +87,25 @@ class MaskFormer(nn.Module):
         # inference may run the network elsewhere (e.g. maskformer_d2.deploy's ONNX Runtime
         # session): a callable with the contract of ``network``; pre- and post-processing stay
         self.runtime = None
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        if channels_last:  # state-dict values and names are unchanged; .to(device) keeps it
-            self.to(memory_format=torch.channels_last)
+        self.channels_last = channels_last
+        self.train(self.training)
         self.precision = precision
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """The layout of 4-d weights and images: channels-last in CPU inference (see __init__)."""
+        if self.channels_last and not self.training:
+            return torch.channels_last
+        return torch.contiguous_format
+
+    def train(self, mode: bool = True) -> "MaskFormer":
+        """Sets training or eval mode and lays the 4-d weights out for it (see ``channels_last``).
+        The parameters stay the same objects (an optimiser's references hold), their values and
+        state-dict names unchanged."""
+        super().train(mode)
+        if getattr(self, "channels_last", False):
+            self.to(memory_format=self.memory_format)
+        return self
 
     @classmethod
     def from_config(cls, cfg) -> dict:
