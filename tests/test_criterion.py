@@ -244,6 +244,39 @@ def test_losses_are_float32_and_unchanged_under_autocast():
         torch.testing.assert_close(amp[k], plain[k], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("num_points", [0, 20])
+def test_mask_factors_give_the_losses_and_gradients_of_the_full_masks(num_points):
+    """With the predictor's factors the criterion multiplies them for the matched queries only:
+    the same losses and gradients as through the full (B, Q, h, w) product."""
+    from maskformer_d2.modeling.mask_logits import mask_factors
+    from maskformer_d2.modeling.point_sampling import PointSampling
+    g = torch.Generator().manual_seed(5)
+    targets = [{"labels": torch.tensor([2, 0, 1]), "masks": torch.rand(3, 16, 16, generator=g) > 0.6},
+               {"labels": torch.tensor([1]), "masks": torch.rand(1, 16, 16, generator=g) > 0.3}]
+    crit = SetCriterion(K, HungarianMatcher(1, 20, 1, num_points=num_points), build_weight_dict(1, 20, 1, 0),
+                        0.1, point_sampling=PointSampling(num_points=num_points),
+                        mask_loss="bce" if num_points else "focal")
+    leaves = [torch.randn(2, 6, K + 1, generator=g), torch.randn(2, 6, 8, generator=g),
+              torch.randn(2, 8, 8, 8, generator=g)]
+    results = []
+    for factors in (False, True):
+        logits, embed, features = [t.clone().requires_grad_() for t in leaves]
+        outputs = {"pred_logits": logits, "pred_masks": torch.einsum("bqc,bchw->bqhw", embed, features)}
+        if factors:
+            outputs.update(mask_factors(embed, features))
+        torch.manual_seed(0)
+        losses = crit(outputs, targets)
+        grads = torch.autograd.grad(sum(losses.values()), (logits, embed, features))
+        results.append((losses, grads))
+    (plain, plain_grads), (fast, fast_grads) = results
+    assert set(plain) == set(fast) and plain["loss_mask"] > 0.1
+    for k in plain:
+        torch.testing.assert_close(fast[k], plain[k], rtol=1e-5, atol=1e-6)
+    for got, expected in zip(fast_grads, plain_grads):
+        assert expected.abs().max() > 1e-3
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_weighted_multiplies_and_drops_unweighted_losses():
     crit = make_criterion()
     got = crit.weighted({"loss_ce": torch.tensor(2.0), "loss_mask": torch.tensor(0.5), "loss_other": torch.tensor(9.0)})

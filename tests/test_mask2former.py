@@ -148,7 +148,8 @@ def test_queries_do_not_see_positions_their_mask_hides():
     decoder = _tiny_m2f().sem_seg_head.predictor.eval()
     torch.manual_seed(1)
     mask_features = torch.randn(1, 32, 16, 16)
-    logits, masks, attn_mask = decoder.predict(decoder.query_feat.weight[:, None], mask_features, (4, 4))
+    prediction, attn_mask = decoder.predict(decoder.query_feat.weight[:, None], mask_features, (4, 4))
+    masks = prediction["pred_masks"]
     assert attn_mask.shape == (decoder.num_heads, decoder.num_queries, 16)
     resized = torch.nn.functional.interpolate(masks, size=(4, 4), mode="bilinear", align_corners=False)
     hidden = (resized.sigmoid() < 0.5).flatten(2)[0]

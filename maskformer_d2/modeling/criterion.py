@@ -67,6 +67,20 @@ def _query_index(indices: Indices) -> Tuple[Tensor, Tensor]:
     return batch, torch.cat([src for src, _ in indices])
 
 
+def _matched_mask_logits(outputs: Mapping[str, Tensor], indices: Indices) -> Tensor:
+    """(N, h, w) mask logits of the N matched queries, image by image in the order of
+    ``indices``. With the predictor's float32 :func:`~maskformer_d2.modeling.mask_logits.mask_factors`
+    in ``outputs``, their product for those queries only (the gradient then skips the full
+    (B, Q, h, w) product; values equal up to float rounding); otherwise (no factors, or autocast,
+    where the predictor's product runs in lower precision) rows of "pred_masks"."""
+    embed, features = outputs.get("mask_embed"), outputs.get("mask_features")
+    if (embed is None or not isinstance(features, Tensor) or embed.dtype != torch.float32
+            or outputs["pred_masks"].dtype != torch.float32):
+        return outputs["pred_masks"][_query_index(indices)]
+    masks = [embed[b, q] @ features[b].flatten(1) for b, (q, _) in enumerate(indices)]
+    return torch.cat(masks).view(-1, *features.shape[-2:])
+
+
 def _sample_matched_targets(target_masks: Sequence[Tensor], indices: Indices, points: Tensor) -> Tensor:
     """Each matched target mask's values at its prediction's points, sampled where the targets
     lie: no copy of the matched (H, W) masks (the same values as sampling those copies).
@@ -171,7 +185,7 @@ class SetCriterion(nn.Module):
         """Mask (focal or BCE) and dice losses of the matched masks: at every pixel of the padded
         image (predictions upsampled, targets exact) or at sampled points."""
         pred_masks = outputs["pred_masks"]  # (B, Q, h, w)
-        src = pred_masks[_query_index(indices)].float()  # (N, h, w)
+        src = _matched_mask_logits(outputs, indices).float()  # (N, h, w)
         if src.shape[0] == 0:  # no target in the batch: zero losses still attached to the graph
             zero = pred_masks.sum() * 0.0
             return {"loss_mask": zero, "loss_dice": zero.clone()}

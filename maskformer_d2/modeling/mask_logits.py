@@ -16,8 +16,14 @@ OpenVINO's CPU plugin refuses a convolution whose weight shape depends on it).
 A pixel decoder hands over a :class:`DeferredProjection` instead of the embeddings only when asked
 (:func:`~maskformer_d2.modeling.heads.predictor_input.decode_and_predict` asks in eval mode when
 the predictor declares ``accepts_deferred_mask_features``); :func:`mask_logits` accepts both.
+
+In training the losses read only the masks of the queries matched to a ground-truth segment (a
+few tens of the B*Q). The predictors then also return the two factors (:func:`mask_factors`) and
+the criterion multiplies them for the matched queries alone (``SetCriterion.loss_masks``): the
+gradient flows through that small product and the (B, Q, H/4, W/4) one, read only without
+gradient (matching, masked attention), gets no backward.
 """
-from typing import NamedTuple, Union
+from typing import Dict, NamedTuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -25,7 +31,7 @@ from torch.nn import functional as F
 
 from .export_mode import is_exporting
 
-__all__ = ["DeferredProjection", "mask_logits", "is_linear_conv"]
+__all__ = ["DeferredProjection", "mask_logits", "is_linear_conv", "mask_factors"]
 
 
 def is_linear_conv(conv: nn.Module) -> bool:
@@ -101,3 +107,14 @@ def mask_logits(mask_embed: Tensor, mask_features: Union[Tensor, DeferredProject
             return masks.unflatten(1, (layers, q)).transpose(0, 1).contiguous()
         mask_features = mask_features.materialize()
     return torch.einsum("lbqc,bchw->lbqhw", mask_embed, mask_features)
+
+
+def mask_factors(mask_embed: Tensor, mask_features: Tensor) -> Dict[str, Tensor]:
+    """The factors of one layer's mask logits, as a predictor adds them to its training outputs.
+
+    Args:
+        mask_embed: (B, Q, C) mask embeddings.
+        mask_features: (B, C, H, W) per-pixel embeddings.
+    """
+    return {"mask_embed": mask_embed, "mask_features": mask_features}
+

@@ -10,7 +10,7 @@ from ``DEC_LAYERS - 1`` layers (the last one is the output, the others are auxil
 
 Parameter names are those of the official ``MultiScaleMaskedTransformerDecoder``.
 """
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import fvcore.nn.weight_init as weight_init
 import torch
@@ -19,6 +19,7 @@ from detectron2.layers import Conv2d
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ..mask_logits import mask_factors
 from .build import TRANSFORMER_PREDICTOR_REGISTRY, query_predictor_args
 from .maskformer_transformer_decoder import MLP
 from .position_encoding import PositionEmbeddingSine
@@ -187,6 +188,8 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
 
         Returns:
             {"pred_logits": (B, Q, K+1), "pred_masks": (B, Q, H/4, W/4) of the last prediction,
+             in training also its factors "mask_embed" (B, Q, mask_dim) and "mask_features"
+             (:func:`~maskformer_d2.modeling.mask_logits.mask_factors`),
              "aux_outputs": the earlier predictions in order (in eval mode only if
              ``aux_outputs_in_eval``)}
         """
@@ -203,33 +206,36 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         output = self.query_feat.weight.unsqueeze(1).repeat(1, batch, 1)  # (Q, B, C)
 
         keep_all = self.training or self.aux_outputs_in_eval
-        predictions: List[Tuple[Tensor, Tensor]] = []
-        logits, masks, attn_mask = self.predict(output, mask_features, sizes[0])
-        predictions.append((logits, masks))
+        prediction, attn_mask = self.predict(output, mask_features, sizes[0])
+        predictions = [prediction]
         for i in range(self.num_layers):
             level = i % self.num_feature_levels
             output = self.transformer_cross_attention_layers[i](
                 output, src[level], memory_mask=attn_mask, pos=pos[level], query_pos=query_pos)
             output = self.transformer_self_attention_layers[i](output, query_pos=query_pos)
             output = self.transformer_ffn_layers[i](output)
-            logits, masks, attn_mask = self.predict(
+            prediction, attn_mask = self.predict(
                 output, mask_features, sizes[(i + 1) % self.num_feature_levels])
-            predictions.append((logits, masks))
-        out = {"pred_logits": predictions[-1][0], "pred_masks": predictions[-1][1]}
+            predictions.append(prediction)
+        out = predictions[-1]
         if keep_all and len(predictions) > 1:
-            out["aux_outputs"] = [{"pred_logits": c, "pred_masks": m} for c, m in predictions[:-1]]
+            out["aux_outputs"] = predictions[:-1]
         return out
 
     def predict(self, output: Tensor, mask_features: Tensor, attn_size: Tuple[int, int]
-                ) -> Tuple[Tensor, Tensor, Tensor]:
-        """Class and mask logits of the (Q, B, C) queries, and the attention mask of the next
-        layer: (B * heads, Q, h*w) bool, True where the mask resized to ``attn_size`` has
-        sigmoid < 0.5 (logit < 0), all False for a query that would see nothing."""
+                ) -> Tuple[Dict[str, Tensor], Tensor]:
+        """Class and mask logits of the (Q, B, C) queries (in training with their factors, see
+        :func:`~maskformer_d2.modeling.mask_logits.mask_factors`), and the attention mask of
+        the next layer: (B * heads, Q, h*w) bool, True where the mask resized to ``attn_size``
+        has sigmoid < 0.5 (logit < 0), all False for a query that would see nothing."""
         decoded = self.decoder_norm(output).transpose(0, 1)  # (B, Q, C)
-        logits = self.class_embed(decoded)
-        masks = torch.einsum("bqc,bchw->bqhw", self.mask_embed(decoded), mask_features)
+        embed = self.mask_embed(decoded)
+        masks = torch.einsum("bqc,bchw->bqhw", embed, mask_features)
         resized = F.interpolate(masks, size=attn_size, mode="bilinear", align_corners=False)
         hidden = (resized.sigmoid() < 0.5).flatten(2).detach()  # (B, Q, h*w)
         hidden = hidden & ~hidden.all(-1, keepdim=True)
         attn_mask = hidden.repeat_interleave(self.num_heads, dim=0)  # (B * heads, Q, h*w)
-        return logits, masks, attn_mask
+        prediction = {"pred_logits": self.class_embed(decoded), "pred_masks": masks}
+        if self.training:
+            prediction.update(mask_factors(embed, mask_features))
+        return prediction, attn_mask

@@ -11,7 +11,7 @@ from detectron2.layers import Conv2d
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..mask_logits import DeferredProjection, mask_logits
+from ..mask_logits import DeferredProjection, mask_factors, mask_logits
 from .build import TRANSFORMER_PREDICTOR_REGISTRY, query_predictor_args
 from .position_encoding import PositionEmbeddingSine
 from .transformer import Transformer
@@ -133,6 +133,8 @@ class TransformerPredictor(nn.Module):
             dict with
               "pred_logits": (B, Q, K+1) class logits (only with mask classification);
               "pred_masks": (B, Q, H/4, W/4) mask logits;
+              in training, "mask_embed" (B, Q, mask_dim) and "mask_features", the factors of
+                "pred_masks" (:func:`~maskformer_d2.modeling.mask_logits.mask_factors`);
               "aux_outputs": with deep supervision, one dict with the same keys per earlier
                 decoder layer, in layer order (in eval mode only if ``aux_outputs_in_eval``).
         """
@@ -142,9 +144,13 @@ class TransformerPredictor(nn.Module):
         # hs: (L, B, Q, C), L = decoder layers with deep supervision, else 1
         if not (self.training or self.aux_outputs_in_eval):
             hs = hs[-1:]
-        masks = mask_logits(self.mask_embed(hs), mask_features)
+        embed = self.mask_embed(hs)
+        masks = mask_logits(embed, mask_features)
         logits = self.class_embed(hs) if self.mask_classification else None
         per_layer = [self._layer_output(logits, masks, i) for i in range(hs.shape[0])]
+        if self.training and isinstance(mask_features, Tensor):
+            for layer, out in enumerate(per_layer):
+                out.update(mask_factors(embed[layer], mask_features))
         out = per_layer[-1]
         if self.deep_supervision and len(per_layer) > 1:
             out["aux_outputs"] = per_layer[:-1]
