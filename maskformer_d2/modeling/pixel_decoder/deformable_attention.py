@@ -144,48 +144,48 @@ def _sampled_attention(value: Tensor, spatial_shapes: Sequence[Tuple[int, int]],
 
 def _gathered_attention(value: Tensor, spatial_shapes: Sequence[Tuple[int, int]],
                         sampling_locations: Tensor, attention_weights: Tensor) -> Tensor:
-    """:func:`multi_scale_deformable_attention` as one weighted sum of value rows.
+    """:func:`multi_scale_deformable_attention` as one weighted sum of value rows (no autograd).
 
     Bilinear sampling is linear in the values: each sampling point reads its 4 neighbouring
     positions with weights (1 - |dx|)(1 - |dy|) (0 outside the map, as ``grid_sample`` with zero
     padding and align_corners False). Multiplied by the attention weights, that gives every
-    (image, head, query) 4 * L * P (row, weight) pairs, summed by ``F.embedding_bag(...,
-    per_sample_weights=..., mode="sum")``, which reads only those rows.
+    (image, query, head) 4 * L * P (row, weight) pairs, summed by ``F.embedding_bag(...,
+    per_sample_weights=..., mode="sum")``, which reads only those rows. Everything stays in the
+    (B, Lq, M, ...) order of the inputs: the value rows are (image, position, head) and the bags
+    (image, query, head), so neither the values nor the output are permuted.
     """
     batch, size, heads, dim = value.shape
     num_queries = sampling_locations.shape[1]
     dtype, device = value.dtype, value.device
     shapes = torch.tensor(spatial_shapes, dtype=torch.int32, device=device)  # (L, 2) = (h, w)
-    hs, ws = shapes[:, :1].to(dtype), shapes[:, 1:].to(dtype)  # (L, 1)
-    areas = shapes[:, 0] * shapes[:, 1]
-    starts = areas.cumsum(0) - areas  # (L,) first row of each level
-    # per (image, head, query, level, point); pixel centres at integer coordinates
-    loc = sampling_locations.permute(0, 2, 1, 3, 4, 5)
-    px, py = loc[..., 0] * ws - 0.5, loc[..., 1] * hs - 0.5
-    x0, y0 = px.detach().floor(), py.detach().floor()
-    fx, fy = px - x0, py - y0  # differentiable: the gradient to the locations flows through them
-    # weights of the left/right columns and top/bottom rows, 0 where they are outside the map
+    h_int, w_int = shapes[:, :1], shapes[:, 1:]  # (L, 1), broadcast over the points
+    areas = h_int * w_int
+    starts = areas.cumsum(0) - areas  # first position of each level
+    # (B, Lq, M, L, P); pixel centres at integer coordinates
+    px = sampling_locations[..., 0] * w_int.to(dtype) - 0.5
+    py = sampling_locations[..., 1] * h_int.to(dtype) - 0.5
+    x0, y0 = px.floor(), py.floor()
+    fx, fy = px - x0, py - y0
+    x0, y0 = x0.to(torch.int32), y0.to(torch.int32)
     zero = fx.new_zeros(())
-    wx = torch.stack((torch.where((x0 >= 0) & (x0 <= ws - 1), 1 - fx, zero),
-                      torch.where((x0 >= -1) & (x0 <= ws - 2), fx, zero)), -1)
-    wy = torch.stack((torch.where((y0 >= 0) & (y0 <= hs - 1), 1 - fy, zero),
-                      torch.where((y0 >= -1) & (y0 <= hs - 2), fy, zero)), -1)
-    attn = attention_weights.permute(0, 2, 1, 3, 4)
-    weights = (attn[..., None] * wy)[..., :, None] * wx[..., None, :]  # (..., 2 rows, 2 columns)
-    # rows of the value table: (image, head) block + level start + y * w + x, each corner clamped
-    # into its level (a corner outside has weight 0; any row of the level stands in for it)
-    w_int = shapes[:, 1:]  # (L, 1)
-    first = (torch.arange(batch * heads, dtype=torch.int32, device=device).view(batch, heads, 1, 1, 1)
-             * size + starts[:, None])  # (B, M, 1, L, 1)
-    top_left = first + y0.to(torch.int32) * w_int + x0.to(torch.int32)
-    corner = torch.stack((torch.zeros_like(w_int), torch.ones_like(w_int), w_int, w_int + 1), -1)
-    index = top_left[..., None, None] + corner.view(-1, 1, 2, 2)
-    first = first[..., None, None]
-    index = torch.clamp(index, first, first + areas.view(-1, 1, 1, 1) - 1)
-    table = value.permute(0, 2, 1, 3).reshape(batch * heads * size, dim)  # row = (b, m, s)
-    out = F.embedding_bag(index.flatten(3).flatten(0, 2), table, mode="sum",
-                          per_sample_weights=weights.flatten(3).flatten(0, 2))
-    return out.view(batch, heads, num_queries, dim).permute(0, 2, 1, 3).flatten(2)
+    # weights of the left/right columns and top/bottom rows, 0 where they are outside the map
+    left = torch.where((x0 >= 0) & (x0 < w_int), 1 - fx, zero)
+    right = torch.where((x0 >= -1) & (x0 < w_int - 1), fx, zero)
+    top = torch.where((y0 >= 0) & (y0 < h_int), (1 - fy) * attention_weights, zero)
+    bottom = torch.where((y0 >= -1) & (y0 < h_int - 1), fy * attention_weights, zero)
+    weights = torch.stack((top * left, top * right, bottom * left, bottom * right), -1)
+    # positions of the 4 corners, each clamped into its level (a corner outside has weight 0;
+    # any position of the level stands in for it), then rows (image, position, head)
+    corner = torch.cat((torch.zeros_like(w_int), torch.ones_like(w_int), w_int, w_int + 1), -1)
+    pos = (y0 * w_int + x0).unsqueeze(-1) + corner[:, None]  # (B, Lq, M, L, P, 4)
+    pos = torch.minimum(pos.clamp_(min=0), (areas - 1)[:, None])
+    image = torch.arange(batch, dtype=torch.int32, device=device).view(batch, 1, 1, 1, 1, 1)
+    head = torch.arange(heads, dtype=torch.int32, device=device).view(1, 1, heads, 1, 1, 1)
+    first = (image * size + starts[:, None]) * heads + head  # (B, 1, M, L, 1, 1), small
+    rows = pos.mul_(heads).add_(first)
+    out = F.embedding_bag(rows.view(batch * num_queries * heads, -1), value.reshape(-1, dim),
+                          mode="sum", per_sample_weights=weights.view(batch * num_queries * heads, -1))
+    return out.view(batch, num_queries, heads * dim)
 
 
 class MSDeformAttn(nn.Module):
