@@ -10,6 +10,8 @@ optimiser is the one each implementation's Trainer builds from the config (AdamW
 clipping for the ADE20K configs). ``--parts`` also times backbone / pixel decoder / predictor /
 criterion / backward / optimiser separately (ours only). The last line printed is one JSON
 object (median_s, peak_rss_mb, config, torch version, threads, the first step's losses).
+Ours runs with PyTorch's huge-page advice on, as ``train_net.py`` starts it; ``--huge-pages
+both`` gives the official code the same, ``none`` neither.
 
 With ``--official PATH`` (a checkout of facebookresearch/MaskFormer, outside this tree) the
 official code runs the same steps from the same weights, in alternating processes; the last JSON
@@ -19,6 +21,7 @@ point-sampled losses agree too: the generator is seeded right before the first s
 draw in the same order). PATH may also be a checkout of facebookresearch/Mask2Former.
 """
 import argparse
+import os
 import statistics
 import time
 from collections import defaultdict
@@ -59,6 +62,11 @@ def time_parts(model, times) -> None:
 
 
 def worker(args: argparse.Namespace) -> None:
+    # before torch starts (it reads the variable once): train_net.py turns huge pages on for ours
+    if args.huge_pages == "both" or (args.huge_pages == "ours" and args.impl == C.OURS):
+        os.environ["THP_MEM_ALLOC_ENABLE"] = "1"
+    else:
+        os.environ.pop("THP_MEM_ALLOC_ENABLE", None)
     import torch
     C.set_threads(args)
     cfg = C.build_cfg(args, training=True)
@@ -112,8 +120,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--segments", type=int, default=20, help="ground-truth segments per image")
     ap.add_argument("--parts", action="store_true", help="time the model's parts (ours only)")
+    ap.add_argument("--huge-pages", choices=("ours", "both", "none"), default="ours",
+                    help="which implementation runs with THP_MEM_ALLOC_ENABLE=1: ours, as our "
+                         "train_net.py sets it (default), both, or none")
     ap.set_defaults(iters=5)
-    C.pass_through("--batch", "--segments")
+    C.pass_through("--batch", "--segments", "--huge-pages")
     args = ap.parse_args()
     if args.official and not args.save_outputs:
         C.compare_with_official(args, __file__, compare_losses)
