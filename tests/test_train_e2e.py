@@ -168,8 +168,9 @@ def test_quickstart_recipe_learns_all_three_tasks(tmp_path, monkeypatch):
 
 
 def _check_fast_evaluation(out: Path, tmp_path: Path, monkeypatch) -> None:
-    """On the trained model and the shapes val split: detectron2's evaluators one image at a
-    time, ours on batches of 8 (the recipe's TEST.IMS_PER_BATCH) give the same numbers (1e-4);
+    """On the trained model and the shapes val split: detectron2's evaluators and ours give the
+    same numbers (1e-4) on the same predictions; batches of 8 (the recipe's TEST.IMS_PER_BATCH)
+    and single images the same up to a pixel or two (0.01 points);
     bf16 inference moves mIoU, mask AP and PQ by 0.3 points at most. bf16 is forced here (the
     CPU may lack bf16 units; autocast then emulates the same rounding, slowly)."""
     from maskformer_d2.checkpoint import MaskFormerCheckpointer
@@ -190,8 +191,12 @@ def _check_fast_evaluation(out: Path, tmp_path: Path, monkeypatch) -> None:
     model = Trainer.build_model(cfg)
     MaskFormerCheckpointer(model).load(str(out / "model_final.pth"))
     fast = evaluate(model)
-    stock = evaluate(model, "TEST.EVALUATOR", "detectron2", "TEST.IMS_PER_BATCH", "1")
+    stock = evaluate(model, "TEST.EVALUATOR", "detectron2")
     assert max(metric_differences(stock, fast).values()) <= 1e-4, metric_differences(stock, fast)
+    # batches of 8 against one image at a time: the same up to the float rounding of batched
+    # convolutions (about 2e-6 in the logits), which can flip the argmax of a pixel or two
+    single = evaluate(model, "TEST.IMS_PER_BATCH", "1")
+    assert max(metric_differences(single, fast).values()) <= 0.01, metric_differences(single, fast)
     model.precision = "bf16"
     bf16 = evaluate(model)
     for task, key in (("sem_seg", "mIoU"), ("segm", "AP"), ("panoptic_seg", "PQ")):
