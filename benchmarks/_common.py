@@ -75,8 +75,10 @@ def official_config_file(config_file: str, official: str) -> str:
 
 
 def build_cfg(args: argparse.Namespace, training: bool):
-    """The config of ``args.impl`` with MODEL.WEIGHTS = ``args.weights`` (or none) on CPU."""
-    opts = list(args.opts) + ["MODEL.WEIGHTS", args.weights or "", "MODEL.DEVICE", "cpu"]
+    """The config of ``args.impl`` with MODEL.WEIGHTS = ``args.weights`` (or none) on the CPU
+    (or ``args.device`` where a script has that flag)."""
+    device = getattr(args, "device", "cpu")
+    opts = list(args.opts) + ["MODEL.WEIGHTS", args.weights or "", "MODEL.DEVICE", device]
     official_eomt = bool(args.official) and official_package(args.official) == "eomt"
     if args.impl == OURS or official_eomt:
         # the official EoMT has no detectron2 config: it is built from ours (see _official_eomt)
@@ -282,6 +284,7 @@ def compare_with_official(
         "speedup_of_fastest_runs": round(min(official) / min(ours), 3),
         "peak_rss_mb": memory[first], "official_peak_rss_mb": memory[OFFICIAL],
         "memory_ratio_vs_official": round(memory[first] / memory[OFFICIAL], 3),
+        **_cuda_memory_ratio(runs[first], runs[OFFICIAL]),
         "rounds": args.rounds, **agreement,
     })
     if len(variants) > 1:
@@ -292,6 +295,15 @@ def compare_with_official(
             "peak_rss_mb": memory[name], **agreements[name],
         } for name in variants}
     print_result(summary)
+
+
+def _cuda_memory_ratio(ours: List[Dict], official: List[Dict]) -> Dict:
+    """Peak GPU memory of both and their ratio, where the runs report it (``peak_cuda_mb``)."""
+    if not all("peak_cuda_mb" in line for line in ours + official):
+        return {}
+    mine, theirs = (max(line["peak_cuda_mb"] for line in lines) for lines in (ours, official))
+    return {"peak_cuda_mb": mine, "official_peak_cuda_mb": theirs,
+            "cuda_memory_ratio_vs_official": round(mine / theirs, 3)}
 
 
 _EXTRA_FLAGS: List[str] = []

@@ -10,8 +10,10 @@ optimiser is the one each implementation's Trainer builds from the config (AdamW
 clipping for the ADE20K configs). ``--parts`` also times backbone / pixel decoder / predictor /
 criterion / backward / optimiser separately (ours only). The last line printed is one JSON
 object (median_s, peak_rss_mb, config, torch version, threads, the first step's losses).
-Ours runs with PyTorch's huge-page advice on, as ``train_net.py`` starts it; ``--huge-pages
-both`` gives the official code the same, ``none`` neither.
+``--device cuda [--precision amp]`` runs both on the GPU (the official configs train with
+AMP); nothing of the CPU path needs one. Ours runs with PyTorch's huge-page advice on, as
+``train_net.py`` starts it; ``--huge-pages both`` gives the official code the same, ``none``
+neither.
 
 With ``--official PATH`` (a checkout of facebookresearch/MaskFormer, outside this tree) the
 official code runs the same steps from the same weights, in alternating processes; the last JSON
@@ -23,6 +25,7 @@ draw in the same order). PATH may also be a checkout of facebookresearch/Mask2Fo
 import argparse
 import os
 import statistics
+import sys
 import time
 from collections import defaultdict
 
@@ -68,6 +71,12 @@ def worker(args: argparse.Namespace) -> None:
     else:
         os.environ.pop("THP_MEM_ALLOC_ENABLE", None)
     import torch
+    cuda, amp = args.device == "cuda", args.precision == "amp"
+    if cuda and not torch.cuda.is_available():
+        sys.exit("train_step: --device cuda, but torch sees no CUDA device here")
+    if amp and not cuda:
+        sys.exit("train_step: --precision amp needs --device cuda (detectron2's AMPTrainer: "
+                 "float16 autocast on a GPU)")
     C.set_threads(args)
     cfg = C.build_cfg(args, training=True)
     model = C.build_model(args, cfg, training=True)
@@ -77,20 +86,33 @@ def worker(args: argparse.Namespace) -> None:
     if args.parts and args.impl == C.OURS:
         time_parts(model, parts)
     times, first_losses = [], None
+    # as detectron2's AMPTrainer: float16 autocast for the forward, a gradient scaler
+    scaler = torch.amp.GradScaler("cuda") if amp else None
+
+    def now() -> float:  # GPU work is asynchronous: wait for it before reading the clock
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
     # point-sampled losses draw from torch's generator: both implementations start from here
     torch.manual_seed(0)
     for it in range(args.warmup + args.iters):
         if it == args.warmup:
             parts.clear()
-        t0 = time.perf_counter()
-        losses = model(batch)
+        t0 = now()
+        with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+            losses = model(batch)
         loss = sum(losses.values())
-        t1 = time.perf_counter()
+        t1 = now()
         optimizer.zero_grad()
-        loss.backward()
-        t2 = time.perf_counter()
-        optimizer.step()
-        t3 = time.perf_counter()
+        (scaler.scale(loss) if amp else loss).backward()
+        t2 = now()
+        if amp:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        t3 = now()
         if first_losses is None:
             first_losses = {k: float(v) for k, v in losses.items()}
         if it >= args.warmup:
@@ -102,8 +124,10 @@ def worker(args: argparse.Namespace) -> None:
         print(f"{name:32s} {1000 * statistics.median(v):8.1f} ms (median)")
     if args.save_outputs:
         torch.save({k: torch.tensor(v) for k, v in first_losses.items()}, args.save_outputs)
+    extra = {"peak_cuda_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)} if cuda else {}
     C.print_result(C.result_line(args, times, batch=args.batch, segments=args.segments,
-                                 loss=round(sum(first_losses.values()), 5)))
+                                 loss=round(sum(first_losses.values()), 5), device=args.device,
+                                 precision=args.precision, **extra))
 
 
 def compare_losses(ours_path: str, official_path: str) -> dict:
@@ -120,11 +144,17 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--segments", type=int, default=20, help="ground-truth segments per image")
     ap.add_argument("--parts", action="store_true", help="time the model's parts (ours only)")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="MODEL.DEVICE of both implementations (cuda: times synchronised, peak GPU "
+                         "memory in the JSON line)")
+    ap.add_argument("--precision", choices=("fp32", "amp"), default="fp32",
+                    help="amp: float16 autocast and a gradient scaler, as detectron2's AMPTrainer "
+                         "(SOLVER.AMP.ENABLED of the official configs; --device cuda only)")
     ap.add_argument("--huge-pages", choices=("ours", "both", "none"), default="ours",
                     help="which implementation runs with THP_MEM_ALLOC_ENABLE=1: ours, as our "
                          "train_net.py sets it (default), both, or none")
     ap.set_defaults(iters=5)
-    C.pass_through("--batch", "--segments", "--huge-pages")
+    C.pass_through("--batch", "--segments", "--huge-pages", "--device", "--precision")
     args = ap.parse_args()
     if args.official and not args.save_outputs:
         C.compare_with_official(args, __file__, compare_losses)
