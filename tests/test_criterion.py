@@ -245,10 +245,14 @@ def test_losses_are_float32_and_unchanged_under_autocast():
 
 
 @pytest.mark.parametrize("num_points", [0, 20])
-def test_mask_factors_give_the_losses_and_gradients_of_the_full_masks(num_points):
+def test_mask_factors_give_the_losses_and_gradients_of_the_full_masks(num_points, monkeypatch):
     """With the predictor's factors the criterion multiplies them for the matched queries only:
-    the same losses and gradients as through the full (B, Q, h, w) product."""
+    the same losses and gradients as through the full (B, Q, h, w) product, which then gets no
+    gradient (masks this small use the product unless the size threshold is lowered)."""
+    from maskformer_d2.modeling import criterion as criterion_module
     from maskformer_d2.modeling.mask_logits import mask_factors
+    assert 8 * 8 < criterion_module._FACTORS_FROM_PIXELS
+    monkeypatch.setattr(criterion_module, "_FACTORS_FROM_PIXELS", 8 * 8)
     from maskformer_d2.modeling.point_sampling import PointSampling
     g = torch.Generator().manual_seed(5)
     targets = [{"labels": torch.tensor([2, 0, 1]), "masks": torch.rand(3, 16, 16, generator=g) > 0.6},
@@ -266,7 +270,9 @@ def test_mask_factors_give_the_losses_and_gradients_of_the_full_masks(num_points
             outputs.update(mask_factors(embed, features))
         torch.manual_seed(0)
         losses = crit(outputs, targets)
-        grads = torch.autograd.grad(sum(losses.values()), (logits, embed, features))
+        *grads, grad_masks = torch.autograd.grad(sum(losses.values()), (logits, embed, features,
+                                                 outputs["pred_masks"]), allow_unused=True)
+        assert (grad_masks is None) == factors  # the full product is skipped with the factors
         results.append((losses, grads))
     (plain, plain_grads), (fast, fast_grads) = results
     assert set(plain) == set(fast) and plain["loss_mask"] > 0.1

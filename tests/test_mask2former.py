@@ -21,6 +21,7 @@ from detectron2.modeling import build_model
 import maskformer_d2  # noqa: F401  (registers the models)
 from maskformer_d2.config import load_config
 from maskformer_d2.inference.postprocessing import panoptic_inference
+from maskformer_d2.modeling.pixel_decoder import deformable_attention
 from maskformer_d2.modeling.pixel_decoder.deformable_attention import (
     MSDeformAttn,
     _sampled_attention,
@@ -79,7 +80,30 @@ def test_deformable_attention_equals_brute_force_bilinear_reads(autograd):
     torch.testing.assert_close(got.double(), expected, rtol=0, atol=1e-5)
 
 
-def test_deformable_attention_gradients_equal_finite_differences():
+@pytest.fixture
+def recompute_always(monkeypatch):
+    """Training's recomputing deformable attention at any size (by default only from
+    ``_RECOMPUTE_FROM`` sampled values on; these tests use small ones)."""
+    monkeypatch.setattr(deformable_attention, "_RECOMPUTE_FROM", 0)
+
+
+def test_deformable_attention_recomputes_from_its_size_threshold():
+    shapes = [(4, 4), (2, 2)]
+    inputs = (torch.randn(1, 20, 2, 4, requires_grad=True), torch.rand(1, 3, 2, 2, 2, 2),
+              torch.full((1, 3, 2, 2, 2), 0.25))
+    small = multi_scale_deformable_attention(inputs[0], shapes, *inputs[1:])
+    assert 1 * 2 * 4 * 3 * 2 * 2 < deformable_attention._RECOMPUTE_FROM
+    assert "Recomputed" not in type(small.grad_fn).__name__
+    deformable_attention._RECOMPUTE_FROM, saved = 1 * 2 * 4 * 3 * 2 * 2, deformable_attention._RECOMPUTE_FROM
+    try:
+        large = multi_scale_deformable_attention(inputs[0], shapes, *inputs[1:])
+    finally:
+        deformable_attention._RECOMPUTE_FROM = saved
+    assert "Recomputed" in type(large.grad_fn).__name__
+    torch.testing.assert_close(large, small, rtol=0, atol=1e-6)
+
+
+def test_deformable_attention_gradients_equal_finite_differences(recompute_always):
     torch.manual_seed(2)
     shapes = [(4, 5), (2, 3)]
     value = torch.randn(1, 26, 2, 3, dtype=torch.float64, requires_grad=True)
@@ -91,7 +115,7 @@ def test_deformable_attention_gradients_equal_finite_differences():
         (value, locations, weights), eps=1e-7, atol=1e-5)
 
 
-def test_deformable_attention_is_the_same_with_and_without_autograd():
+def test_deformable_attention_is_the_same_with_and_without_autograd(recompute_always):
     torch.manual_seed(3)
     shapes = [(6, 7), (3, 4), (2, 2)]
     value = torch.randn(2, 58, 4, 8)
@@ -106,7 +130,7 @@ def test_deformable_attention_is_the_same_with_and_without_autograd():
     torch.testing.assert_close(sampled.detach(), gathered, rtol=0, atol=1e-5)
 
 
-def test_deformable_attention_backward_equals_grid_sample_autograd():
+def test_deformable_attention_backward_equals_grid_sample_autograd(recompute_always):
     """The recomputing backward gives the gradients autograd takes through ``grid_sample``."""
     torch.manual_seed(4)
     shapes = [(8, 6), (4, 3), (2, 2)]
@@ -117,6 +141,7 @@ def test_deformable_attention_backward_equals_grid_sample_autograd():
     for fn in (multi_scale_deformable_attention, _sampled_attention):
         leaves = [t.clone().requires_grad_() for t in inputs]
         out = fn(leaves[0], shapes, leaves[1], leaves[2])
+        assert ("Recomputed" in type(out.grad_fn).__name__) == (fn is multi_scale_deformable_attention)
         grads.append(torch.autograd.grad(out, leaves, grad_out))
     for got, expected in zip(*grads):
         assert got.shape == expected.shape and expected.abs().max() > 0.1

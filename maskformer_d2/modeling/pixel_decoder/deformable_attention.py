@@ -21,6 +21,12 @@ from ..export_mode import is_exporting
 
 __all__ = ["MSDeformAttn", "multi_scale_deformable_attention"]
 
+# From this many sampled values (B*M*D*Lq*L*P floats) on, training recomputes them in backward
+# instead of keeping them: 33M at Mask2Former R50's 512x512 crops (batch 2), where that saves
+# 0.8 GB and time; 2M in the shapes recipe (128 px, batch 8), where autograd through
+# grid_sample is the faster one (about 2% of a step, docs/performance.md).
+_RECOMPUTE_FROM = 1 << 23
+
 
 def multi_scale_deformable_attention(
     value: Tensor,
@@ -33,9 +39,11 @@ def multi_scale_deformable_attention(
     Exact implementations chosen by what is faster or leaner on a CPU (measured at Mask2Former
     R50's 512x512 sizes; numbers in docs/performance.md): the forward is one ``embedding_bag``
     over the bilinear corner rows (:func:`_gathered_attention`, faster than ``grid_sample`` per
-    level); with autograd, :class:`_RecomputedAttention` wraps it and its backward recomputes
-    the sampled values one level at a time and takes ``grid_sample``'s backward (faster than
-    ``embedding_bag``'s), so nothing of size (B*M, D, Lq, L*P) is kept for backward. Exported
+    level); with autograd and at least ``_RECOMPUTE_FROM`` sampled values,
+    :class:`_RecomputedAttention` wraps it and its backward recomputes the sampled values one
+    level at a time and takes ``grid_sample``'s backward (faster than ``embedding_bag``'s), so
+    nothing of size (B*M, D, Lq, L*P) is kept for backward; below that, autograd through
+    ``grid_sample`` per level (:func:`_sampled_attention`). Exported
     graphs take ``grid_sample`` per level (:func:`_sampled_attention`; GridSample is an ONNX op).
 
     Args:
@@ -52,6 +60,9 @@ def multi_scale_deformable_attention(
     if is_exporting():
         return _sampled_attention(value, spatial_shapes, sampling_locations, attention_weights)
     if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+        batch, _, heads, dim = value.shape
+        if batch * heads * dim * sampling_locations[..., 0].numel() // batch < _RECOMPUTE_FROM:
+            return _sampled_attention(value, spatial_shapes, sampling_locations, attention_weights)
         return _RecomputedAttention.apply(value, tuple(spatial_shapes), sampling_locations,
                                           attention_weights)
     return _gathered_attention(value, spatial_shapes, sampling_locations, attention_weights)
