@@ -91,14 +91,19 @@ def test_deformable_attention_recomputes_from_its_size_threshold():
     shapes = [(4, 4), (2, 2)]
     inputs = (torch.randn(1, 20, 2, 4, requires_grad=True), torch.rand(1, 3, 2, 2, 2, 2),
               torch.full((1, 3, 2, 2, 2), 0.25))
+    sampled = 1 * 2 * 4 * 3 * 2 * 2  # B * M * D * Lq * L * P
     small = multi_scale_deformable_attention(inputs[0], shapes, *inputs[1:])
-    assert 1 * 2 * 4 * 3 * 2 * 2 < deformable_attention._RECOMPUTE_FROM
+    assert sampled < deformable_attention._RECOMPUTE_FROM
     assert "Recomputed" not in type(small.grad_fn).__name__
-    deformable_attention._RECOMPUTE_FROM, saved = 1 * 2 * 4 * 3 * 2 * 2, deformable_attention._RECOMPUTE_FROM
+    saved = deformable_attention._RECOMPUTE_FROM
     try:
+        deformable_attention._RECOMPUTE_FROM = sampled + 1  # one short of the threshold
+        below = multi_scale_deformable_attention(inputs[0], shapes, *inputs[1:])
+        deformable_attention._RECOMPUTE_FROM = sampled  # at the threshold
         large = multi_scale_deformable_attention(inputs[0], shapes, *inputs[1:])
     finally:
         deformable_attention._RECOMPUTE_FROM = saved
+    assert "Recomputed" not in type(below.grad_fn).__name__
     assert "Recomputed" in type(large.grad_fn).__name__
     torch.testing.assert_close(large, small, rtol=0, atol=1e-6)
 

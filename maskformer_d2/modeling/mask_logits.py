@@ -117,4 +117,3 @@ def mask_factors(mask_embed: Tensor, mask_features: Tensor) -> Dict[str, Tensor]
         mask_features: (B, C, H, W) per-pixel embeddings.
     """
     return {"mask_embed": mask_embed, "mask_features": mask_features}
-

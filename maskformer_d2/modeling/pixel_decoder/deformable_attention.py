@@ -60,8 +60,8 @@ def multi_scale_deformable_attention(
     if is_exporting():
         return _sampled_attention(value, spatial_shapes, sampling_locations, attention_weights)
     if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
-        batch, _, heads, dim = value.shape
-        if batch * heads * dim * sampling_locations[..., 0].numel() // batch < _RECOMPUTE_FROM:
+        # sampled values: D per (image, query, head, level, point)
+        if value.shape[-1] * sampling_locations[..., 0].numel() < _RECOMPUTE_FROM:
             return _sampled_attention(value, spatial_shapes, sampling_locations, attention_weights)
         return _RecomputedAttention.apply(value, tuple(spatial_shapes), sampling_locations,
                                           attention_weights)
