@@ -10,7 +10,6 @@
 * fine-tuning from DINOv2: tools/convert-dinov2-to-d2.py gives the ViT the weights timm's
   pretrained loading gives the official code (patch and position embeddings resampled).
 """
-import json
 import math
 import subprocess
 import sys
@@ -20,7 +19,9 @@ from typing import Dict
 import pytest
 import torch
 from detectron2.utils.events import EventStorage
-from test_eomt_parity import SMALL, build, small_cfg
+from test_eomt_parity import build as build_case
+from test_eomt_parity import reference
+from test_eomt_parity import small_cfg as small_case_cfg
 
 from maskformer_d2.engine.solver import build_lr_scheduler, build_optimizer
 from maskformer_d2.modeling.eomt import MaskAnnealing, annealed_probability
@@ -29,6 +30,15 @@ from maskformer_d2.modeling.eomt.official_keys import rename_official_eomt_keys
 from maskformer_d2.modeling.eomt.sliding_window import merge_window_scores, window_spans
 
 REF = Path(__file__).parent / "data" / "eomt_reference"
+SMALL = reference("eomt_reference").small
+
+
+def build(*tasks, opts=(), case="eomt_reference"):
+    return build_case(reference(case), *tasks, opts=opts)
+
+
+def small_cfg(*opts, case="eomt_reference"):
+    return small_case_cfg(reference(case), *opts)
 
 
 # ----------------------------------------------------------------------------- annealing
@@ -109,21 +119,23 @@ def test_overlapping_window_scores_are_averaged():
 
 
 # ----------------------------------------------------------------------------- optimiser
-def _solver_cfg():
-    s = SMALL
+def _solver_cfg(case="eomt_reference"):
+    s = reference(case).small
     return small_cfg(
+        "SOLVER.LLRD_L2_ENABLED", s.get("llrd_l2_enabled", True),
         "SOLVER.BASE_LR", s["lr"], "SOLVER.LLRD", s["llrd"], "SOLVER.WEIGHT_DECAY", s["weight_decay"],
         "SOLVER.WEIGHT_DECAY_NORM", s["weight_decay"], "SOLVER.WEIGHT_DECAY_EMBED", s["weight_decay"],
         "SOLVER.BACKBONE_MULTIPLIER", 1.0, "SOLVER.OPTIMIZER", "ADAMW",
         "SOLVER.LR_SCHEDULER_NAME", "TwoStageWarmupPolyLR", "SOLVER.MAX_ITER", s["total_steps"],
         "SOLVER.WARMUP_ITERS", s["warmup_steps"][0], "SOLVER.BACKBONE_WARMUP_ITERS", s["warmup_steps"][1],
-        "SOLVER.POLY_LR_POWER", s["poly_power"])
+        "SOLVER.POLY_LR_POWER", s["poly_power"], case=case)
 
 
-def test_every_parameter_learns_at_the_official_rate_with_the_official_weight_decay():
-    expected = json.loads((REF / "expected.json").read_text())
-    cfg = _solver_cfg()
-    model = build("semantic")
+@pytest.mark.parametrize("case", ["eomt_reference", "eomt_dinov3_reference"], ids=["dinov2", "dinov3"])
+def test_every_parameter_learns_at_the_official_rate_with_the_official_weight_decay(case):
+    expected = reference(case).expected
+    cfg = _solver_cfg(case)
+    model = build("semantic", case=case)
     optimizer = build_optimizer(cfg, model)
     names = {id(p): n for n, p in model.named_parameters()}
     ours = {names[id(p)]: (g["lr"], g["weight_decay"]) for g in optimizer.param_groups for p in g["params"]}
@@ -132,7 +144,10 @@ def test_every_parameter_learns_at_the_official_rate_with_the_official_weight_de
     for name, lr in official.items():
         assert ours[name][0] == pytest.approx(lr, rel=1e-12), name
     assert {wd for _, wd in ours.values()} == set(expected["weight_decays"])
-    assert ours["backbone.vit.blocks.0.attn.qkv.weight"][0] == pytest.approx(1e-4 * 0.8 ** 3)
+    assert ours["backbone.vit.blocks.0.norm1.weight"][0] == pytest.approx(1e-4 * 0.8 ** 3)
+    # the query blocks: decayed unless LLRD_L2_ENABLED is off (the official DINOv3 configs)
+    decayed = reference(case).small.get("llrd_l2_enabled", True)
+    assert ours["backbone.vit.blocks.2.norm1.weight"][0] == pytest.approx(1e-4 * 0.8 ** decayed)
 
 
 def test_two_stage_warmup_poly_schedule_equals_the_official():
@@ -250,3 +265,41 @@ def test_dinov2_converter_refuses_another_architecture_in_one_line(tmp_path):
                            "--config-file", str(config)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "BACKBONE_NAME" in proc.stderr and not (tmp_path / "vit.safetensors").exists()
+
+
+def test_dinov3_weights_convert_to_the_vit_the_official_code_builds_from_them(tmp_path):
+    """tools/convert-dinov3-to-d2.py on transformers' DINOv3 file of the small DINOv3 case (the
+    encoder weights the official code got from ``from_pretrained``): the ViT gets exactly the
+    official encoder; files saved by transformers >= 5 (``model.layer.*``) convert the same."""
+    from safetensors.torch import save_file
+
+    from maskformer_d2.checkpoint import MaskFormerCheckpointer
+
+    ref = reference("eomt_dinov3_reference")
+    base = torch.load(ref.path / "dinov3_base.pth", weights_only=True)
+    official = torch.load(ref.path / "weights.pth", weights_only=True)
+    config = tmp_path / "small_dinov3.yaml"
+    config.write_text(small_cfg(case="eomt_dinov3_reference").dump())
+    v5 = {("model." + k if k.startswith("layer.") else k): v for k, v in base.items()}
+    save_file({k: v.contiguous() for k, v in v5.items()}, str(tmp_path / "model.safetensors"))
+    for source in (ref.path / "dinov3_base.pth", tmp_path / "model.safetensors"):
+        out = tmp_path / f"vit_{source.stem}.safetensors"
+        proc = subprocess.run([sys.executable, str(REF.parents[2] / "tools" / "convert-dinov3-to-d2.py"),
+                               str(source), str(out), "--config-file", str(config)],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        model = build("semantic", case="eomt_dinov3_reference")
+        head_before = model.sem_seg_head.class_embed.weight.clone()
+        MaskFormerCheckpointer(model).load(str(out))
+        ours = model.backbone.vit.state_dict()
+        prefix = "network.encoder.backbone."
+        assert set(ours) == {k[len(prefix):] for k in official if k.startswith(prefix)}
+        for key, value in ours.items():
+            assert torch.equal(value, official[prefix + key].float()), key
+        assert model.sem_seg_head.class_embed.weight.equal(head_before)  # the head stays as built
+    # a DINOv2 config refuses it in one line
+    config.write_text(small_cfg().dump())
+    proc = subprocess.run([sys.executable, str(REF.parents[2] / "tools" / "convert-dinov3-to-d2.py"),
+                           str(ref.path / "dinov3_base.pth"), str(tmp_path / "x.safetensors"), "--config-file",
+                           str(config)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr

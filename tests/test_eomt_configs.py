@@ -1,6 +1,7 @@
-"""Specification of the EoMT configs: configs/eomt/dinov2/ mirrors the official configs/dinov2/
-tree of tue-mps/eomt (commit 7bd19dd) with its hyper-parameters, and every EoMT config, the
-shapes recipe included, builds a model (with a tiny ViT so that it is quick).
+"""Specification of the EoMT configs: configs/eomt/dinov2/ and configs/eomt/dinov3/ mirror the
+official configs/dinov2/ and configs/dinov3/ trees of tue-mps/eomt (commit 7bd19dd) with their
+hyper-parameters, and every EoMT config, the shapes recipe included, builds a model (with a tiny
+ViT so that it is quick).
 
 Official values below were read from the official YAMLs (a model's ``num_q``, ``num_blocks``,
 ``backbone_name``, ``img_size``, annealing steps, ``max_epochs``) and its dataset classes (the
@@ -43,13 +44,31 @@ OFFICIAL = {
     "coco/panoptic/eomt_small_640.yaml": (S, 640, 3, 200, COCO3, 12),
     "coco/panoptic/eomt_small_640_2x.yaml": (S, 640, 3, 200, COCO3_2X, 24),
 }
+# DINOv3 (configs/dinov3): transformers' models, LR 2e-4, warm-ups [2000, 3000], query blocks not
+# decayed (llrd_l2_enabled False; ADE20K: llrd 1.0, lr_mult 0.1), delta weights
+L3, B3, S3 = (f"facebook/dinov3-vit{s}16-pretrain-lvd1689m" for s in ("l", "b", "s"))
+COCO4_3 = ([0, 29564, 44346, 59128], [3000, 44346, 59128, 73910])
+COCO3_2X_3 = ([0, 73910, 118256], [3000, 103474, 147820])
+OFFICIAL_DINOV3 = {
+    "ade20k/semantic/eomt_large_512.yaml": (
+        L3, 512, 4, 100, ([0, 6520, 9780, 13040], [3000, 9780, 13040, 16300]), 16),
+    "coco/instance/eomt_large_1280.yaml": (L3, 1280, 4, 200, COCO4, 12),
+    "coco/instance/eomt_large_640.yaml": (L3, 640, 4, 200, COCO4, 12),
+    "coco/panoptic/eomt_base_640_2x.yaml": (B3, 640, 3, 200, COCO3_2X_3, 24),
+    "coco/panoptic/eomt_large_1280.yaml": (L3, 1280, 4, 200, COCO4_3, 12),
+    "coco/panoptic/eomt_large_640.yaml": (L3, 640, 4, 200, COCO4_3, 12),
+    "coco/panoptic/eomt_small_640_2x.yaml": (S3, 640, 3, 200, COCO3_2X_3, 24),
+}
+ITERS_PER_EPOCH = {"coco": 7391, "ade20k": 1264}  # 118287 / 20210 images, batch 16
 TASKS = {"panoptic": "PANOPTIC_ON", "instance": "INSTANCE_ON", "semantic": "SEMANTIC_ON"}
-EOMT_CONFIGS = sorted(CONFIGS.glob("eomt/dinov2/*/*/eomt_*.yaml")) + sorted(CONFIGS.glob("shapes/eomt_*.yaml"))
+EOMT_CONFIGS = (sorted(CONFIGS.glob("eomt/dinov2/*/*/eomt_*.yaml"))
+                + sorted(CONFIGS.glob("eomt/dinov3/*/*/eomt_*.yaml")) + sorted(CONFIGS.glob("shapes/eomt_*.yaml")))
 
 
-def test_every_official_config_has_a_counterpart_and_no_other():
-    ours = {str(p.relative_to(CONFIGS / "eomt" / "dinov2")) for p in CONFIGS.glob("eomt/dinov2/*/*/eomt_*.yaml")}
-    assert ours == set(OFFICIAL)
+@pytest.mark.parametrize("tree, official", [("dinov2", OFFICIAL), ("dinov3", OFFICIAL_DINOV3)])
+def test_every_official_config_has_a_counterpart_and_no_other(tree, official):
+    ours = {str(p.relative_to(CONFIGS / "eomt" / tree)) for p in CONFIGS.glob(f"eomt/{tree}/*/*/eomt_*.yaml")}
+    assert ours == set(official)
 
 
 @pytest.mark.parametrize("relpath", sorted(OFFICIAL))
@@ -57,15 +76,38 @@ def test_config_has_the_official_hyper_parameters(relpath):
     backbone, size, blocks, queries, (starts, ends), epochs = OFFICIAL[relpath]
     cfg = load_config(str(CONFIGS / "eomt" / "dinov2" / relpath))
     e, s = cfg.MODEL.EOMT, cfg.SOLVER
-    assert cfg.MODEL.META_ARCHITECTURE == "EoMT" and cfg.MODEL.BACKBONE.NAME == "EoMTViT"
     assert (e.BACKBONE_NAME, e.PATCH_SIZE, list(e.IMG_SIZE)) == (backbone, 16, [size, size])
     assert (e.NUM_BLOCKS, cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES) == (blocks, queries)
     assert (list(e.ATTN_MASK_ANNEALING_START_STEPS), list(e.ATTN_MASK_ANNEALING_END_STEPS)) == (starts, ends)
     # the official annealing ends after 5/6 of its epochs (2x: 20 of 24)
     assert s.MAX_ITER == ends[-1] * 6 // 5
     assert (s.BASE_LR, s.LLRD, s.WEIGHT_DECAY) == (1e-4, 0.8, 0.05)
-    assert s.WEIGHT_DECAY_NORM == s.WEIGHT_DECAY_EMBED == 0.05  # officially every parameter decays
     assert (s.WARMUP_ITERS, s.BACKBONE_WARMUP_ITERS, s.POLY_LR_POWER, s.IMS_PER_BATCH) == (500, 1000, 0.9, 16)
+    assert (s.LLRD_L2_ENABLED, e.DELTA_WEIGHTS) == (True, False)
+    _check_shared(cfg, relpath, size)
+
+
+@pytest.mark.parametrize("relpath", sorted(OFFICIAL_DINOV3))
+def test_dinov3_config_has_the_official_hyper_parameters(relpath):
+    backbone, size, blocks, queries, (starts, ends), epochs = OFFICIAL_DINOV3[relpath]
+    cfg = load_config(str(CONFIGS / "eomt" / "dinov3" / relpath))
+    e, s = cfg.MODEL.EOMT, cfg.SOLVER
+    assert (e.BACKBONE_NAME, e.PATCH_SIZE, list(e.IMG_SIZE)) == (backbone, 16, [size, size])
+    assert (e.NUM_BLOCKS, cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES) == (blocks, queries)
+    assert (list(e.ATTN_MASK_ANNEALING_START_STEPS), list(e.ATTN_MASK_ANNEALING_END_STEPS)) == (starts, ends)
+    assert s.MAX_ITER == epochs * ITERS_PER_EPOCH[relpath.split("/")[0]]
+    llrd = 1.0 if relpath.startswith("ade20k") else 0.8
+    assert (s.BASE_LR, s.LLRD, s.LLRD_L2_ENABLED, s.WEIGHT_DECAY) == (2e-4, llrd, False, 0.05)
+    assert (s.WARMUP_ITERS, s.BACKBONE_WARMUP_ITERS, s.POLY_LR_POWER, s.IMS_PER_BATCH) == (2000, 3000, 0.9, 16)
+    assert e.DELTA_WEIGHTS and e.BACKBONE_WEIGHTS == ""
+    _check_shared(cfg, relpath, size)
+
+
+def _check_shared(cfg, relpath, size):
+    """What the DINOv2 and DINOv3 configs share: the loss, thresholds, tasks and test inputs."""
+    e, s = cfg.MODEL.EOMT, cfg.SOLVER
+    assert cfg.MODEL.META_ARCHITECTURE == "EoMT" and cfg.MODEL.BACKBONE.NAME == "EoMTViT"
+    assert s.WEIGHT_DECAY_NORM == s.WEIGHT_DECAY_EMBED == 0.05  # officially every parameter decays
     assert (s.LR_SCHEDULER_NAME, s.CLIP_GRADIENTS.CLIP_VALUE) == ("TwoStageWarmupPolyLR", 0.01)
     mf = cfg.MODEL.MASK_FORMER
     assert (mf.CLASS_WEIGHT, mf.MASK_WEIGHT, mf.DICE_WEIGHT, mf.NO_OBJECT_WEIGHT) == (2.0, 5.0, 5.0, 0.1)

@@ -2,8 +2,9 @@
 PyTorch, in the trained state (no attention masks) and with masked attention still on; and the
 demo renders the same picture from the exported file as from the weights.
 
-The model is the small official EoMT of tests/data/eomt_reference (official weights). EoMT pads
-every input to ``MODEL.EOMT.IMG_SIZE``, so the export has that fixed input size.
+The models are the small official EoMTs of tests/data/eomt_reference (timm's DINOv2 ViT) and
+tests/data/eomt_dinov3_reference (transformers' DINOv3 ViT, rotary positions), official weights.
+EoMT pads every input to ``MODEL.EOMT.IMG_SIZE``, so the export has that fixed input size.
 """
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from test_eomt_parity import SMALL, build, load_official
+from test_eomt_parity import build, load_official, reference
 from test_export import assert_same_task_outputs
 
 from maskformer_d2.deploy import attach_runtime, export_onnx, load_runtime
@@ -22,27 +23,32 @@ from maskformer_d2.errors import ExportError
 pytest.importorskip("onnxruntime")
 REPO = Path(__file__).resolve().parents[1]
 TASKS = ("semantic", "instance", "panoptic")
+REF = reference("eomt_reference")
+SMALL = REF.small
 SIZE = tuple(SMALL["img_size"])
 
 
-def _model(tmp_path, probs: float, opts=()):
-    model = load_official(build(*TASKS, opts=opts), tmp_path).eval()
+def _model(ref, tmp_path, probs: float, opts=()):
+    model = load_official(ref, build(ref, *TASKS, opts=opts), tmp_path).eval()
     model.mask_annealing.probs.fill_(probs)
     return model
 
 
-@pytest.fixture(scope="module", params=[0.0, 1.0], ids=["trained", "masked_attention"])
+@pytest.fixture(scope="module", params=[("eomt_reference", 0.0), ("eomt_reference", 1.0),
+                                        ("eomt_dinov3_reference", 0.0), ("eomt_dinov3_reference", 1.0)],
+                ids=["dinov2-trained", "dinov2-masked_attention", "dinov3-trained", "dinov3-masked_attention"])
 def exported(request, tmp_path_factory):
-    """(model, path of its export) with the annealing probabilities ``param``."""
+    """(case, model, path of its export) with the annealing probabilities of ``param``."""
+    name, probs = request.param
     folder = tmp_path_factory.mktemp("eomt_export")
-    model = _model(folder, request.param)
+    model = _model(reference(name), folder, probs)
     export_onnx(model, str(folder / "model.onnx"))
-    return model, folder / "model.onnx"
+    return reference(name), model, folder / "model.onnx"
 
 
 @pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
 def test_exported_eomt_gives_the_pytorch_logits(exported, engine):
-    model, path = exported
+    _, model, path = exported
     runtime = load_runtime(str(path), engine=engine)
     assert runtime.metadata["fixed_size"] == list(SIZE)
     images = torch.randn(2, 3, *SIZE, generator=torch.Generator().manual_seed(3))
@@ -58,8 +64,8 @@ def test_exported_eomt_gives_the_pytorch_logits(exported, engine):
 
 
 def test_task_outputs_of_exported_eomt_equal_pytorch(exported, tmp_path):
-    model, path = exported
-    deployed = attach_runtime(_model(tmp_path, float(model.mask_annealing.probs[0])), str(path))
+    ref, model, path = exported
+    deployed = attach_runtime(_model(ref, tmp_path, float(model.mask_annealing.probs[0])), str(path))
     g = torch.Generator().manual_seed(4)
     # smaller than the export size (padded by the model) and resized back to 80 x 96
     inputs = [{"image": torch.rand(3, 48, 64, generator=g) * 255, "height": 80, "width": 96}]
@@ -72,9 +78,10 @@ def test_task_outputs_of_exported_eomt_equal_pytorch(exported, tmp_path):
 
 def test_sliding_window_semantic_runs_the_exported_windows(tmp_path):
     opts = ("MODEL.EOMT.TEST.SLIDING_WINDOW", True)
-    model = load_official(build("semantic", opts=opts), tmp_path).eval()
+    model = load_official(REF, build(REF, "semantic", opts=opts), tmp_path).eval()
     export_onnx(model, str(tmp_path / "model.onnx"))
-    deployed = attach_runtime(load_official(build("semantic", opts=opts), tmp_path), str(tmp_path / "model.onnx"))
+    deployed = attach_runtime(load_official(REF, build(REF, "semantic", opts=opts), tmp_path),
+                              str(tmp_path / "model.onnx"))
     # short side = the window; the long side needs three overlapping windows
     inputs = [{"image": torch.rand(3, SIZE[0], SIZE[1] * 2 + 8, generator=torch.Generator().manual_seed(5)) * 255}]
     with torch.no_grad():

@@ -1,8 +1,10 @@
 """EoMT against the official code (tue-mps/eomt) and against transformers' EoMT.
 
-The reference cases in tests/data/eomt_reference/ were written by scripts/make_eomt_reference.py
-from the official models/ and training/ code on a small random model (config.json says which);
-tolerances are those of two correct fp32 CPU implementations:
+The reference cases in tests/data/eomt_reference/ (timm's DINOv2 ViT) and
+tests/data/eomt_dinov3_reference/ (transformers' DINOv3 ViT with rotary position embeddings) were
+written by scripts/make_eomt_reference.py from the official models/ and training/ code on a small
+random model (config.json says which); every test below runs on both. Tolerances are those of
+two correct fp32 CPU implementations:
 
 * the official checkpoint (Lightning names ``network.*``) loads through our checkpointer with no
   missing or unexpected key, and a misfit names the config key;
@@ -10,12 +12,15 @@ tolerances are those of two correct fp32 CPU implementations:
   the class and mask logits of every block <= 1e-4, each loss within 1e-4 relative;
 * evaluation of the trained state (no masks): final logits <= 1e-4, panoptic segments, instances
   equal, sliding-window semantic scores <= 1e-5;
+* DINOv3 only: a checkpoint of deltas to the DINOv3 weights (``MODEL.EOMT.DELTA_WEIGHTS``, the
+  official ``delta_weights``) loads to the official sums;
 * transformers' ``EomtForUniversalSegmentation`` with random weights, converted
   (maskformer_d2.convert.hf_eomt): the same logits <= 1e-4, with and without masked attention.
 """
 import dataclasses
 import json
 import re
+import types
 from functools import lru_cache
 from pathlib import Path
 
@@ -32,16 +37,29 @@ from maskformer_d2.config import add_maskformer_config
 from maskformer_d2.modeling.eomt import EoMT
 from maskformer_d2.modeling.eomt.official_keys import rename_to_official_eomt_keys
 
-REF = Path(__file__).parent / "data" / "eomt_reference"
-SMALL = json.loads((REF / "config.json").read_text())
-EXPECTED = json.loads((REF / "expected.json").read_text())
-CASES = np.load(REF / "cases.npz")
-THINGS = frozenset(c for c in range(SMALL["num_classes"]) if c not in SMALL["stuff_classes"])
+DATA = Path(__file__).parent / "data"
 # official loss names -> ours (blocks counted from the first query block)
 LOSS_NAMES = {"mask": "loss_mask", "dice": "loss_dice", "cross_entropy": "loss_ce"}
 
 
-def small_cfg(*opts):
+@lru_cache(maxsize=None)
+def reference(name: str) -> types.SimpleNamespace:
+    """The case ``tests/data/<name>``: its small config, expected values and arrays."""
+    path = DATA / name
+    small = json.loads((path / "config.json").read_text())
+    return types.SimpleNamespace(
+        path=path, small=small, expected=json.loads((path / "expected.json").read_text()),
+        cases=dict(np.load(path / "cases.npz")),
+        things=frozenset(c for c in range(small["num_classes"]) if c not in small["stuff_classes"]))
+
+
+@pytest.fixture(params=["eomt_reference", "eomt_dinov3_reference"], ids=["dinov2", "dinov3"])
+def ref(request):
+    return reference(request.param)
+
+
+def small_cfg(ref, *opts):
+    SMALL = ref.small
     cfg = get_cfg()
     add_maskformer_config(cfg)
     cfg.merge_from_list([
@@ -65,32 +83,32 @@ def small_cfg(*opts):
     return cfg
 
 
-def build(*tasks, opts=()):
+def build(ref, *tasks, opts=()):
     """The small EoMT with the output ``tasks`` (thing classes given, no dataset needed)."""
     flags = {"semantic": "SEMANTIC_ON", "instance": "INSTANCE_ON", "panoptic": "PANOPTIC_ON"}
-    cfg = small_cfg(*[x for t, f in flags.items() for x in (f"MODEL.MASK_FORMER.TEST.{f}", t in tasks)], *opts)
+    cfg = small_cfg(ref, *[x for t, f in flags.items() for x in (f"MODEL.MASK_FORMER.TEST.{f}", t in tasks)],
+                    *opts)
     kwargs = EoMT.from_config(cfg)
-    kwargs["inference_options"] = dataclasses.replace(kwargs["inference_options"], thing_ids=THINGS)
+    kwargs["inference_options"] = dataclasses.replace(kwargs["inference_options"], thing_ids=ref.things)
     return EoMT(**kwargs)
 
 
-@lru_cache(maxsize=None)
-def official_state():
-    """The official state dict (float16 values on disk) in float32."""
-    state = torch.load(REF / "weights.pth", weights_only=True)
+def official_state(ref, name="weights.pth"):
+    """An official state dict of the case (float16 values on disk) in float32."""
+    state = torch.load(ref.path / name, weights_only=True)
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 
-def load_official(model, tmp_path):
+def load_official(ref, model, tmp_path):
     path = tmp_path / "pytorch_model.bin"
-    torch.save(official_state(), path)
+    torch.save(official_state(ref), path)
     MaskFormerCheckpointer(model).load(str(path))
     return model
 
 
 @pytest.fixture
-def loaded(tmp_path):
-    return lambda *tasks, opts=(): load_official(build(*tasks, opts=opts), tmp_path).eval()
+def loaded(ref, tmp_path):
+    return lambda *tasks, opts=(): load_official(ref, build(ref, *tasks, opts=opts), tmp_path).eval()
 
 
 def resized(image: np.ndarray, short: int, long: int) -> torch.Tensor:
@@ -105,17 +123,17 @@ def max_diff(a, b) -> float:
 
 
 # ----------------------------------------------------------------------------- checkpoint
-def test_official_checkpoint_loads_with_every_key_and_value(tmp_path):
-    model = build("semantic")
+def test_official_checkpoint_loads_with_every_key_and_value(ref, tmp_path):
+    model = build(ref, "semantic")
     ours = set(model.state_dict())
-    load_official(model, tmp_path)
+    load_official(ref, model, tmp_path)
     state = model.state_dict()
-    official = official_state()
-    assert state["backbone.vit.blocks.3.attn.qkv.weight"].equal(
-        official["network.encoder.backbone.blocks.3.attn.qkv.weight"])
+    official = official_state(ref)
+    assert state["backbone.vit.blocks.3.norm1.weight"].equal(
+        official["network.encoder.backbone.blocks.3.norm1.weight"])
     assert state["sem_seg_head.mask_embed.4.bias"].equal(official["network.mask_head.4.bias"])
-    assert state["mask_annealing.probs"].equal(torch.zeros(SMALL["num_blocks"]))  # trained state
-    renamed = set(EoMT.rename_checkpoint_keys(official))
+    assert state["mask_annealing.probs"].equal(torch.zeros(ref.small["num_blocks"]))  # trained state
+    renamed = set(model.rename_checkpoint_keys(official))
     assert renamed == ours, (sorted(renamed - ours), sorted(ours - renamed))
     # and back (the benchmark runs the official code on our weights): every entry of the official
     # network but its pixel statistics, with our values
@@ -124,110 +142,147 @@ def test_official_checkpoint_loads_with_every_key_and_value(tmp_path):
     assert back["network.mask_head.4.bias"] is state["sem_seg_head.mask_embed.4.bias"]
 
 
-def test_official_checkpoint_for_other_classes_names_the_config_key(tmp_path):
-    model = build("semantic", opts=("MODEL.SEM_SEG_HEAD.NUM_CLASSES", 9))
+def test_official_checkpoint_for_other_classes_names_the_config_key(ref, tmp_path):
+    model = build(ref, "semantic", opts=("MODEL.SEM_SEG_HEAD.NUM_CLASSES", 9))
     with pytest.raises(CheckpointMismatchError, match="NUM_CLASSES"):
-        load_official(model, tmp_path)
+        load_official(ref, model, tmp_path)
 
 
 # ----------------------------------------------------------------------------- training
-def train_inputs():
+def train_inputs(ref):
     inputs = []
-    for b, image in enumerate(CASES["train_images"]):
-        masks = torch.from_numpy(CASES[f"train_masks_{b}"])
-        inst = Instances(tuple(masks.shape[-2:]), gt_classes=torch.from_numpy(CASES[f"train_labels_{b}"]),
+    for b, image in enumerate(ref.cases["train_images"]):
+        masks = torch.from_numpy(ref.cases[f"train_masks_{b}"])
+        inst = Instances(tuple(masks.shape[-2:]), gt_classes=torch.from_numpy(ref.cases[f"train_labels_{b}"]),
                          gt_masks=BitMasks(masks))
         inputs.append({"image": torch.from_numpy(image).float(), "instances": inst})
     return inputs
 
 
-def test_training_logits_and_losses_of_every_block_equal_the_official(loaded):
+def test_training_logits_and_losses_of_every_block_equal_the_official(ref, loaded):
     model = loaded("semantic").train()
-    model.mask_annealing.probs.copy_(torch.tensor(SMALL["train_attn_mask_probs"]))
-    inputs = train_inputs()
-    torch.manual_seed(SMALL["loss_seed"])
+    model.mask_annealing.probs.copy_(torch.tensor(ref.small["train_attn_mask_probs"]))
+    inputs = train_inputs(ref)
+    torch.manual_seed(ref.small["loss_seed"])
     images = model.preprocess_image(inputs)
     outputs = model.network(images.tensor)
     predictions = outputs["aux_outputs"] + [outputs]
-    assert len(predictions) == SMALL["num_blocks"] + 1
+    assert len(predictions) == ref.small["num_blocks"] + 1
     for i, p in enumerate(predictions):
-        assert max_diff(p["pred_logits"].detach(), CASES[f"train_pred_logits_{i}"]) <= 1e-4, i
-        assert max_diff(p["pred_masks"].detach(), CASES[f"train_pred_masks_{i}"]) <= 1e-4, i
+        assert max_diff(p["pred_logits"].detach(), ref.cases[f"train_pred_logits_{i}"]) <= 1e-4, i
+        assert max_diff(p["pred_masks"].detach(), ref.cases[f"train_pred_masks_{i}"]) <= 1e-4, i
     losses = model.losses(outputs, model.prepare_targets(inputs, images))
     official = {}
-    for key, value in EXPECTED["train_losses"].items():
+    for key, value in ref.expected["train_losses"].items():
         m = re.fullmatch(r"loss_(mask|dice|cross_entropy)(?:_block_(-\d+))?", key)
         if m:
-            suffix = f"_{SMALL['num_blocks'] + int(m[2])}" if m[2] else ""
+            suffix = f"_{ref.small['num_blocks'] + int(m[2])}" if m[2] else ""
             official[LOSS_NAMES[m[1]] + suffix] = value
     assert set(losses) == set(official)
     for key, value in official.items():
         assert losses[key].item() == pytest.approx(value, rel=1e-4), key
     weighted = model.criterion.weighted(losses)
-    assert sum(weighted.values()).item() == pytest.approx(EXPECTED["train_loss_total"], rel=1e-4)
+    assert sum(weighted.values()).item() == pytest.approx(ref.expected["train_loss_total"], rel=1e-4)
 
 
-def test_a_training_step_through_forward_gives_the_same_weighted_losses(loaded):
+def test_a_training_step_through_forward_gives_the_same_weighted_losses(ref, loaded):
     model = loaded("semantic").train()
-    model.mask_annealing.probs.copy_(torch.tensor(SMALL["train_attn_mask_probs"]))
-    torch.manual_seed(SMALL["loss_seed"])
-    losses = model(train_inputs())
-    assert sum(losses.values()).item() == pytest.approx(EXPECTED["train_loss_total"], rel=1e-4)
+    model.mask_annealing.probs.copy_(torch.tensor(ref.small["train_attn_mask_probs"]))
+    torch.manual_seed(ref.small["loss_seed"])
+    losses = model(train_inputs(ref))
+    assert sum(losses.values()).item() == pytest.approx(ref.expected["train_loss_total"], rel=1e-4)
     sum(losses.values()).backward()  # every parameter of the model takes part
     assert all(p.grad is not None for p in model.parameters())
 
 
 # ----------------------------------------------------------------------------- evaluation
-def panoptic_input():
-    h, w = SMALL["img_size"]
-    image = CASES["panoptic_image"]
+def panoptic_input(ref):
+    h, w = ref.small["img_size"]
+    image = ref.cases["panoptic_image"]
     return {"image": resized(image, h, w), "height": image.shape[1], "width": image.shape[2]}
 
 
-def test_eval_logits_of_the_trained_state_equal_the_official(loaded):
+def test_eval_logits_of_the_trained_state_equal_the_official(ref, loaded):
     model = loaded("semantic")
     with torch.no_grad():
-        outputs = model.network(model.preprocess_image([panoptic_input()]).tensor)
+        outputs = model.network(model.preprocess_image([panoptic_input(ref)]).tensor)
     assert "aux_outputs" not in outputs  # every mask probability is 0: no intermediate prediction
-    assert max_diff(outputs["pred_logits"], CASES["eval_pred_logits"]) <= 1e-4
-    assert max_diff(outputs["pred_masks"], CASES["eval_pred_masks"]) <= 1e-4
+    assert max_diff(outputs["pred_logits"], ref.cases["eval_pred_logits"]) <= 1e-4
+    assert max_diff(outputs["pred_masks"], ref.cases["eval_pred_masks"]) <= 1e-4
 
 
-def test_panoptic_output_equals_the_official(loaded):
+def test_panoptic_output_equals_the_official(ref, loaded):
     with torch.no_grad():
-        seg, info = loaded("panoptic")([panoptic_input()])[0]["panoptic_seg"]
-    classes, segments = torch.from_numpy(CASES["panoptic_classes"]), torch.from_numpy(CASES["panoptic_segments"])
+        seg, info = loaded("panoptic")([panoptic_input(ref)])[0]["panoptic_seg"]
+    classes = torch.from_numpy(ref.cases["panoptic_classes"])
+    segments = torch.from_numpy(ref.cases["panoptic_segments"])
     assert len(info) == len(segments.unique()) - 1 >= 2
     for s in info:  # ids renumbered one-to-one (official: 0.., void -1), categories equal
         official_ids = segments[seg == s["id"]].unique()
         assert len(official_ids) == 1 and official_ids.item() >= 0
         assert (classes[seg == s["id"]] == s["category_id"]).all()
-        assert s["isthing"] == (s["category_id"] in THINGS)
+        assert s["isthing"] == (s["category_id"] in ref.things)
         assert ((segments == official_ids.item()) == (seg == s["id"])).all()
     assert ((seg == 0) == (segments == -1)).all()
 
 
-def test_instance_output_equals_the_official(loaded):
+def test_instance_output_equals_the_official(ref, loaded):
     with torch.no_grad():
-        inst = loaded("instance")([panoptic_input()])[0]["instances"]
-    assert len(inst) == SMALL["eval_top_k_instances"]
-    h, w = CASES["panoptic_image"].shape[1:]
-    masks = np.unpackbits(CASES["instance_masks"], axis=-1)[..., :w].astype(bool)
-    assert max_diff(inst.scores, CASES["instance_scores"]) <= 1e-5
-    assert inst.pred_classes.tolist() == CASES["instance_labels"].tolist()
+        inst = loaded("instance")([panoptic_input(ref)])[0]["instances"]
+    assert len(inst) == ref.small["eval_top_k_instances"]
+    h, w = ref.cases["panoptic_image"].shape[1:]
+    masks = np.unpackbits(ref.cases["instance_masks"], axis=-1)[..., :w].astype(bool)
+    assert max_diff(inst.scores, ref.cases["instance_scores"]) <= 1e-5
+    assert inst.pred_classes.tolist() == ref.cases["instance_labels"].tolist()
     assert (inst.pred_masks.numpy() == masks).all()
 
 
-def test_sliding_window_semantic_output_equals_the_official(loaded):
-    h, _ = SMALL["img_size"]
-    image = CASES["semantic_image"]
+def test_sliding_window_semantic_output_equals_the_official(ref, loaded):
+    h, _ = ref.small["img_size"]
+    image = ref.cases["semantic_image"]
     model = loaded("semantic", opts=("MODEL.EOMT.TEST.SLIDING_WINDOW", True))
     x = {"image": resized(image, h, 10 * h), "height": image.shape[1], "width": image.shape[2]}
     assert x["image"].shape[-1] > h  # two overlapping windows
     with torch.no_grad():
         sem_seg = model([x])[0]["sem_seg"]
-    assert sem_seg.shape == CASES["sem_seg"].shape
-    assert max_diff(sem_seg, CASES["sem_seg"]) <= 1e-5
+    assert sem_seg.shape == ref.cases["sem_seg"].shape
+    assert max_diff(sem_seg, ref.cases["sem_seg"]) <= 1e-5
+
+
+# ----------------------------------------------------------------------------- DINOv3 delta weights
+def delta_model(*opts):
+    ref = reference("eomt_dinov3_reference")
+    return ref, build(ref, "semantic", opts=("MODEL.EOMT.DELTA_WEIGHTS", True, *opts))
+
+
+def test_dinov3_delta_weights_load_to_the_official_sums():
+    ref, model = delta_model("MODEL.EOMT.BACKBONE_WEIGHTS", str(DATA / "eomt_dinov3_reference" / "dinov3_base.pth"))
+    MaskFormerCheckpointer(model).load(str(ref.path / "delta_weights.pth"))
+    state = rename_to_official_eomt_keys(model.state_dict())
+    expected = ref.expected["delta_checksums"]
+    assert set(state) == {k for k in expected if ".pixel_" not in k}
+    for key, value in state.items():
+        total, *first = expected[key]
+        assert value.double().sum().item() == pytest.approx(total, rel=1e-6, abs=1e-5), key
+        assert value.flatten()[:4].double().tolist() == pytest.approx(first, abs=1e-6), key
+    # the same file read as absolute weights is another model: the ViT lacks its DINOv3 part
+    _, absolute = delta_model("MODEL.EOMT.DELTA_WEIGHTS", False)
+    MaskFormerCheckpointer(absolute).load(str(ref.path / "delta_weights.pth"))
+    key = "network.encoder.backbone.blocks.0.attention.q_proj.weight"
+    assert rename_to_official_eomt_keys(absolute.state_dict())[key].double().sum().item() != pytest.approx(
+        expected[key][0], rel=1e-3)
+
+
+def test_dinov3_delta_weights_without_the_dinov3_file_name_the_config_key(tmp_path):
+    ref, model = delta_model()
+    with pytest.raises(CheckpointMismatchError, match="MODEL.EOMT.BACKBONE_WEIGHTS"):
+        MaskFormerCheckpointer(model).load(str(ref.path / "delta_weights.pth"))
+    wrong = tmp_path / "dinov3_other_size.pth"  # a DINOv3 file of another width
+    torch.save({k: torch.zeros(*v.shape[:-1], 2 * v.shape[-1]) if v.dim() else v
+                for k, v in torch.load(ref.path / "dinov3_base.pth", weights_only=True).items()}, wrong)
+    ref, model = delta_model("MODEL.EOMT.BACKBONE_WEIGHTS", str(wrong))
+    with pytest.raises(CheckpointMismatchError, match=r"dinov3_other_size.pth: not the DINOv3 ViT .*shapes differ"):
+        MaskFormerCheckpointer(model).load(str(ref.path / "delta_weights.pth"))
 
 
 # ----------------------------------------------------------------------------- transformers

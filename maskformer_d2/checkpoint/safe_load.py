@@ -39,12 +39,12 @@ import re
 import struct
 import zipfile
 from collections import OrderedDict
-from typing import Any, BinaryIO, Callable, Dict, Iterator, List, Optional, Set, Tuple, Union
+from typing import Any, BinaryIO, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 import torch
 
-from ..errors import CheckpointReadError, UnsafeCheckpointError
+from ..errors import CheckpointReadError, UnsafeCheckpointError, first_line
 
 __all__ = [
     "UNSAFE_PICKLE_ENV",
@@ -57,6 +57,7 @@ __all__ = [
     "load_pkl",
     "load_pth",
     "load_safetensors",
+    "read_state_dict",
 ]
 
 UNSAFE_PICKLE_ENV = "MASKFORMER_D2_ALLOW_UNSAFE_PICKLE"
@@ -745,3 +746,30 @@ def load_safetensors(path: str, name: str) -> Tuple[Dict[str, torch.Tensor], Dic
             return {k: f.get_tensor(k) for k in f.keys()}, meta
     except SafetensorError as e:
         raise _corrupt(name, ".safetensors", str(e).splitlines()[0][:120] if str(e) else "SafetensorError") from None
+
+
+def read_state_dict(path: str, nested_keys: Sequence[str] = ("model", "state_dict")) -> Dict[str, torch.Tensor]:
+    """The tensors of a ``.pth`` file (``torch.load(weights_only=True)``), unwrapping ``{"model": ...}``,
+    or of a ``.safetensors`` file.
+
+    Raises:
+        FileNotFoundError / CheckpointReadError: one line naming ``path``.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.endswith(".safetensors"):  # tensors only, header checked first
+        return load_safetensors(path, path)[0]
+    try:  # torch.load(weights_only=True) once the zip's sizes are checked
+        data = load_pth(path, path)
+    except CheckpointReadError:  # one line already
+        raise
+    except Exception as e:  # see MaskFormerCheckpointer._load_file
+        reason = first_line(e)[:160]
+        raise CheckpointReadError(f"{path}: not a readable .pth file ({type(e).__name__}: {reason})") from e
+    for key in nested_keys:
+        if isinstance(data, dict) and isinstance(data.get(key), dict):
+            data = data[key]
+            break
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise CheckpointReadError(f"{path}: not a state dict of tensors")
+    return data

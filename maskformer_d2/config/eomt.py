@@ -18,7 +18,7 @@ def add_eomt_config(cfg: CN) -> None:
         return
     e = cfg.MODEL.EOMT = CN()
     # ---- the ViT (a timm VisionTransformer; modeling/backbone/eomt_vit.py)
-    e.BACKBONE_NAME = "vit_large_patch14_reg4_dinov2"  # the timm architecture
+    e.BACKBONE_NAME = "vit_large_patch14_reg4_dinov2"  # the timm architecture, or a DINOv3 (below)
     e.PATCH_SIZE = 16  # official: DINOv2's 14 resampled to 16
     # the fixed network input (H, W): images are padded (bottom/right, with black) to it;
     # the position embeddings are for this grid
@@ -27,6 +27,12 @@ def add_eomt_config(cfg: CN) -> None:
     e.EMBED_DIM = 0
     e.DEPTH = 0
     e.NUM_HEADS = 0
+    # DINOv3 (BACKBONE_NAME a transformers id such as "facebook/dinov3-vitl16-pretrain-lvd1689m", or
+    # a local folder): the official checkpoints hold deltas to the DINOv3 weights (official
+    # delta_weights); BACKBONE_WEIGHTS is that DINOv3 file (model.safetensors), read when an
+    # official checkpoint is loaded with DELTA_WEIGHTS on
+    e.DELTA_WEIGHTS = False
+    e.BACKBONE_WEIGHTS = ""
     # ---- the queries and the masked attention
     e.NUM_BLOCKS = 4  # the last NUM_BLOCKS ViT blocks process the queries with the patch tokens
     e.MASKED_ATTN_ENABLED = True  # predict before each of those blocks and mask its attention

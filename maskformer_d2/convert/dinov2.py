@@ -1,4 +1,4 @@
-"""DINOv2 ViT weights -> the backbone checkpoint an EoMT fine-tuning starts from.
+"""DINOv2 (and DINOv3) ViT weights -> the backbone checkpoint an EoMT fine-tuning starts from.
 
 The official EoMT starts training from DINOv2 through timm
 (``timm.create_model(name, pretrained=True, img_size=..., patch_size=16)``): timm's loader takes
@@ -7,13 +7,16 @@ patch-14 embedding kernel to the model's patch size and the position embedding t
 grid. :func:`convert_dinov2` applies the same timm filter to a local file (nothing is
 downloaded) for the ViT of an EoMT config, and the tool writes the result as a backbone-only
 checkpoint (``backbone.vit.*``, ``matching_heuristics``): ``MODEL.WEIGHTS`` then initialises the
-ViT and leaves the queries and heads as built, as the official code does.
+ViT and leaves the queries and heads as built, as the official code does. For a DINOv3 config
+(``configs/eomt/dinov3``) the input is transformers' DINOv3 file, renamed by
+:mod:`maskformer_d2.modeling.eomt.dinov3_weights` (nothing to resample).
 """
 import argparse
 import sys
 from typing import List, Optional, Sequence
 
 from ..errors import CheckpointReadError, first_line
+from ..modeling.backbone.dinov3_vit import is_dinov3_name
 from .files import StateDict, read_state_dict, write_checkpoint
 
 __all__ = ["convert_dinov2", "main"]
@@ -54,7 +57,8 @@ def convert_dinov2(state_dict: StateDict, name: str, img_size: Sequence[int], pa
 def main(argv: Optional[List[str]] = None, doc: str = __doc__) -> int:
     """``INPUT OUTPUT --config-file CFG [--opts ...]``: one error line and status 1 on failure."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("input", help="DINOv2 weights with timm's names: the hub's model.safetensors (or a .pth)")
+    ap.add_argument("input", help="DINOv2 weights with timm's names: the hub's model.safetensors (or a .pth); "
+                    "for a DINOv3 config, transformers' DINOv3 model.safetensors")
     ap.add_argument("output", help="checkpoint to write: .safetensors (or a detectron2 .pkl)")
     ap.add_argument("--config-file", required=True, metavar="FILE",
                     help="the EoMT config to fine-tune (its MODEL.EOMT.BACKBONE_NAME / IMG_SIZE / PATCH_SIZE)")
@@ -63,9 +67,18 @@ def main(argv: Optional[List[str]] = None, doc: str = __doc__) -> int:
     try:
         from ..config import load_config
         e = load_config(args.config_file, args.opts, opts_name="--opts").MODEL.EOMT
-        converted = convert_dinov2(read_state_dict(args.input), e.BACKBONE_NAME, e.IMG_SIZE, e.PATCH_SIZE,
-                                   e.EMBED_DIM, e.DEPTH, e.NUM_HEADS)
-        write_checkpoint(converted, args.output, author="DINOv2", matching_heuristics=True)
+        if is_dinov3_name(e.BACKBONE_NAME):  # transformers' DINOv3: renamed only
+            from ..modeling.backbone.eomt_vit import EoMTViT
+            from ..modeling.eomt.dinov3_weights import PREFIX, dinov3_to_eomt
+            vit = EoMTViT(name=e.BACKBONE_NAME, img_size=e.IMG_SIZE, patch_size=e.PATCH_SIZE,
+                          embed_dim=e.EMBED_DIM, depth=e.DEPTH, num_heads=e.NUM_HEADS)
+            expected = {PREFIX + k: v for k, v in vit.vit.state_dict().items()}
+            converted = dinov3_to_eomt(read_state_dict(args.input), expected, args.input)
+        else:
+            converted = convert_dinov2(read_state_dict(args.input), e.BACKBONE_NAME, e.IMG_SIZE, e.PATCH_SIZE,
+                                       e.EMBED_DIM, e.DEPTH, e.NUM_HEADS)
+        author = "DINOv3" if is_dinov3_name(e.BACKBONE_NAME) else "DINOv2"
+        write_checkpoint(converted, args.output, author=author, matching_heuristics=True)
     except (OSError, CheckpointReadError, ValueError, KeyError) as err:
         print(f"error: {first_line(err)}", file=sys.stderr)
         return 1

@@ -9,12 +9,12 @@
 import os
 import pickle
 from collections import OrderedDict
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, Optional
 
 import torch
 
 from ..checkpoint.atomic import write_atomically
-from ..errors import CheckpointReadError, first_line
+from ..checkpoint.safe_load import read_state_dict
 
 __all__ = [
     "StateDict",
@@ -26,36 +26,6 @@ __all__ = [
 ]
 
 StateDict = Dict[str, torch.Tensor]
-
-
-def read_state_dict(path: str, nested_keys: Sequence[str] = ("model", "state_dict")) -> Dict[str, torch.Tensor]:
-    """The tensors of a ``.pth`` file (``torch.load(weights_only=True)``), unwrapping ``{"model": ...}``,
-    or of a ``.safetensors`` file.
-
-    Raises:
-        FileNotFoundError / CheckpointReadError: one line naming ``path``.
-    """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such file")
-    if path.endswith(".safetensors"):  # tensors only, header checked first
-        from ..checkpoint.safe_load import load_safetensors
-        return load_safetensors(path, path)[0]
-    from ..checkpoint.safe_load import load_pth  # torch.load(weights_only=True) once the zip's sizes are checked
-
-    try:
-        data = load_pth(path, path)
-    except CheckpointReadError:  # one line already
-        raise
-    except Exception as e:  # see MaskFormerCheckpointer._load_file
-        reason = first_line(e)[:160]
-        raise CheckpointReadError(f"{path}: not a readable .pth file ({type(e).__name__}: {reason})") from e
-    for key in nested_keys:
-        if isinstance(data, dict) and isinstance(data.get(key), dict):
-            data = data[key]
-            break
-    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise CheckpointReadError(f"{path}: not a state dict of tensors")
-    return data
 
 
 def rename_keys(state_dict: StateDict, rename: Callable[[str], Optional[str]]) -> StateDict:

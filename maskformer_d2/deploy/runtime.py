@@ -146,6 +146,12 @@ def _check_metadata(path: str, metadata: Dict, model: nn.Module) -> None:
                 f"export it again from this config (tools/deploy/export_model.py)")
 
 
+def _port_name(port, name: str) -> str:
+    """``name`` when it is one of an OpenVINO port's tensor names, else one of them: OpenVINO
+    merges an input with a first no-op op (a cast to float32) and may give either name first."""
+    return name if name in port.get_names() else port.get_any_name()
+
+
 class _OnnxNetwork:
     """What the engines that run an exported ``model.onnx`` share: the file and name checks, the
     metadata, and :meth:`MaskFormer.network`'s contract around the engine's own ``_run``."""
@@ -231,8 +237,8 @@ class OpenVinoNetwork(_OnnxNetwork):
             self.compiled = core.compile_model(core.read_model(path), "CPU", config)
         except Exception as e:
             raise ExportError(f"{path}: not a readable ONNX model ({first_line(e)})") from None
-        self._check_names([i.get_any_name() for i in self.compiled.inputs],
-                          [o.get_any_name() for o in self.compiled.outputs])
+        self._check_names([_port_name(i, INPUT_NAME) for i in self.compiled.inputs],
+                          [_port_name(o, n) for o, n in zip(self.compiled.outputs, OUTPUT_NAMES + ("",) * 8)])
 
     def _run(self, array: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         result = self.compiled([array])

@@ -1,21 +1,26 @@
 """The plain ViT of EoMT (DINOv2-style: patch 16, register tokens, layer scale) as a d2 backbone.
 
-A timm ``VisionTransformer`` underneath: the official EoMT builds its encoder with
+A timm ``VisionTransformer`` underneath for DINOv2: the official EoMT builds that encoder with
 ``timm.create_model`` and its checkpoints store the ViT under timm's names
 (``network.encoder.backbone.blocks.0.attn.qkv.weight``, ``...reg_token``, ``...pos_embed``), so
 official weights load into it by a prefix change only, and any timm ViT architecture name works.
+For DINOv3 (a ``MODEL.EOMT.BACKBONE_NAME`` like ``facebook/dinov3-vitl16-pretrain-lvd1689m``,
+as the official configs name it) it is transformers' DINOv3 ViT with rotary position
+embeddings, laid out as the official code lays it out (:mod:`.dinov3_vit`).
 
 EoMT does not call :meth:`forward`: it inserts its queries between the blocks, so it drives
-:meth:`embed`, :attr:`blocks` and :attr:`norm` itself. :meth:`forward` is the plain backbone
-(normalised patch features), for other heads.
+:meth:`position_embeddings`, :meth:`embed`, :attr:`blocks` (through :meth:`run_block`) and
+:attr:`norm` itself. :meth:`forward` is the plain backbone (normalised patch features), for
+other heads.
 """
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 from detectron2.config import configurable
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone, ShapeSpec
 from torch import Tensor, nn
 
 from ...errors import MissingDependencyError
+from .dinov3_vit import DINOv3ViT, dinov3_config, is_dinov3_name
 
 __all__ = ["EoMTViT", "create_timm_vit"]
 
@@ -43,7 +48,7 @@ def create_timm_vit(name: str, img_size: Sequence[int], patch_size: int, embed_d
 
 @BACKBONE_REGISTRY.register()
 class EoMTViT(Backbone):
-    """A timm ViT for a fixed input size (``MODEL.EOMT.*``).
+    """A timm ViT (or transformers' DINOv3 ViT) for a fixed input size (``MODEL.EOMT.*``).
 
     Input: (B, 3, H, W) normalised images of exactly ``img_size``. Output of :meth:`forward`:
     {"vit": (B, C, H / p, W / p)} patch tokens after the final norm.
@@ -54,7 +59,8 @@ class EoMTViT(Backbone):
                  embed_dim: int = 0, depth: int = 0, num_heads: int = 0):
         """
         Args:
-            name: timm architecture, e.g. "vit_large_patch14_reg4_dinov2".
+            name: timm architecture, e.g. "vit_large_patch14_reg4_dinov2", or a DINOv3 ViT:
+                "facebook/dinov3-vitl16-pretrain-lvd1689m" or a local transformers folder.
             img_size: (H, W) of every input; the position embeddings cover its patch grid.
             patch_size: p; H and W must be multiples of it.
             embed_dim, depth, num_heads: override the architecture's when > 0.
@@ -64,8 +70,15 @@ class EoMTViT(Backbone):
         if h % patch_size or w % patch_size:
             raise ValueError(f"MODEL.EOMT.IMG_SIZE {list(img_size)} is not a multiple of "
                              f"MODEL.EOMT.PATCH_SIZE {patch_size}")
-        self.vit = create_timm_vit(name, img_size, patch_size, embed_dim, depth, num_heads)
+        if is_dinov3_name(name):
+            self.vit = DINOv3ViT(dinov3_config(name, embed_dim, depth, num_heads))
+            if self.vit.patch_size != patch_size:
+                raise ValueError(f"MODEL.EOMT.PATCH_SIZE {patch_size} differs from {name}'s patch size "
+                                 f"{self.vit.patch_size} (DINOv3 is not resampled)")
+        else:
+            self.vit = create_timm_vit(name, img_size, patch_size, embed_dim, depth, num_heads)
         self.img_size: Tuple[int, int] = (h, w)
+        self.name = name
         self.patch_size = patch_size
 
     @classmethod
@@ -80,9 +93,8 @@ class EoMTViT(Backbone):
         return self.vit.embed_dim
 
     @property
-    def blocks(self) -> nn.Sequential:
-        """The L transformer blocks; ``block(x, attn_mask=m)`` with ``m`` (B, 1, N, N) bool,
-        True = may attend."""
+    def blocks(self) -> nn.Module:
+        """The L transformer blocks (run each with :meth:`run_block`)."""
         return self.vit.blocks
 
     @property
@@ -100,11 +112,32 @@ class EoMTViT(Backbone):
         """(H / p, W / p), the patch grid."""
         return self.img_size[0] // self.patch_size, self.img_size[1] // self.patch_size
 
+    @property
+    def rotary(self) -> bool:
+        """Whether positions enter each block as rotary embeddings (DINOv3) rather than once, added
+        to the patch embeddings (timm's DINOv2)."""
+        return isinstance(self.vit, DINOv3ViT)
+
+    def position_embeddings(self, images: Tensor) -> Optional[Tuple[Tensor, Tensor]]:
+        """The rotary embeddings every block takes (DINOv3), or None. Called before :meth:`embed`,
+        as the official code calls it: in training it draws random numbers."""
+        return self.vit.position_embeddings(images) if self.rotary else None
+
     def embed(self, images: Tensor) -> Tensor:
-        """(B, 3, H, W) -> (B, prefix + H/p * W/p, C) tokens: patch embedding, position embedding,
-        then the class and register tokens in front."""
+        """(B, 3, H, W) -> (B, prefix + H/p * W/p, C) tokens: patch embedding, position embedding
+        (timm), then the class and register tokens in front."""
+        if self.rotary:
+            return self.vit.embed(images)
         x = self.vit._pos_embed(self.vit.patch_embed(images))
         return self.vit.norm_pre(x)
+
+    def run_block(self, block: nn.Module, x: Tensor, attn_mask: Optional[Tensor] = None,
+                  rope: Optional[Tuple[Tensor, Tensor]] = None) -> Tensor:
+        """One of :attr:`blocks` on (B, N, C) tokens; ``attn_mask`` (B, 1, N, N) bool, True = may
+        attend; ``rope`` from :meth:`position_embeddings`."""
+        if self.rotary:
+            return self.vit.run_block(block, x, attn_mask, rope)
+        return block(x, attn_mask=attn_mask)
 
     def patch_features(self, tokens: Tensor) -> Tensor:
         """(B, N, C) tokens ending with the patch tokens -> (B, C, H/p, W/p)."""
@@ -113,9 +146,10 @@ class EoMTViT(Backbone):
 
     # ---- a plain d2 backbone
     def forward(self, images: Tensor) -> Dict[str, Tensor]:
+        rope = self.position_embeddings(images)
         x = self.embed(images)
         for block in self.blocks:
-            x = block(x)
+            x = self.run_block(block, x, rope=rope)
         return {"vit": self.patch_features(self.norm(x))}
 
     def output_shape(self) -> Dict[str, ShapeSpec]:

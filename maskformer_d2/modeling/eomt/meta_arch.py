@@ -23,6 +23,7 @@ from detectron2.utils.events import get_event_storage
 from torch import Tensor
 
 from ...data.metadata import thing_ids_from_metadata
+from ...errors import CheckpointMismatchError
 from ...inference.postprocessing import InferenceOptions, semantic_inference
 from ...inference.precision import resolve_precision
 from ...inference.tasks import enabled_tasks
@@ -32,6 +33,7 @@ from ..matcher import HungarianMatcher
 from ..meta_arch import MaskFormer
 from ..point_sampling import PointSampling
 from ..recipe import RECIPES
+from .dinov3_weights import add_delta_weights, delta_base, read_dinov3
 from .head import EoMTHead
 from .mask_annealing import MaskAnnealing, query_attention_mask
 from .official_keys import is_official_eomt_state_dict, rename_official_eomt_keys
@@ -63,6 +65,8 @@ class EoMT(MaskFormer):
         masked_attn_enabled: bool = True,
         sliding_window: bool = False,
         precision: str = "fp32",
+        delta_weights: bool = False,
+        backbone_weights: str = "",
     ):
         """
         Args:
@@ -79,6 +83,8 @@ class EoMT(MaskFormer):
             sliding_window: semantic output by sliding windows of ``img_size`` (see
                 :mod:`.sliding_window`); only semantic output is possible then.
             precision: as :class:`MaskFormer`.
+            delta_weights: official checkpoints hold deltas to the DINOv3 weights
+                ``backbone_weights`` (a file), as the official DINOv3 models do.
         """
         depth = len(backbone.blocks)
         if not 0 < num_blocks <= depth:
@@ -97,6 +103,8 @@ class EoMT(MaskFormer):
         self.mask_annealing = mask_annealing
         self.masked_attn_enabled = masked_attn_enabled
         self.sliding_window = sliding_window
+        self.delta_weights = delta_weights
+        self.backbone_weights = backbone_weights
 
     @classmethod
     def from_config(cls, cfg) -> dict:
@@ -145,6 +153,8 @@ class EoMT(MaskFormer):
             "masked_attn_enabled": e.MASKED_ATTN_ENABLED,
             "sliding_window": e.TEST.SLIDING_WINDOW,
             "precision": resolve_precision(cfg.TEST.PRECISION, torch.device(cfg.MODEL.DEVICE)),
+            "delta_weights": e.DELTA_WEIGHTS,
+            "backbone_weights": e.BACKBONE_WEIGHTS,
         }
 
     @property
@@ -183,6 +193,7 @@ class EoMT(MaskFormer):
         block still masks), "aux_outputs": the predictions made before the query blocks, in
         block order."""
         vit, head = self.backbone, self.sem_seg_head
+        rope = vit.position_embeddings(images)  # first: it draws random numbers in training
         x = vit.embed(images)
         first = len(vit.blocks) - self.num_blocks
         aux: List[Dict[str, Tensor]] = []
@@ -198,7 +209,7 @@ class EoMT(MaskFormer):
                     aux.append(pred)
                     mask = query_attention_mask(pred["pred_masks"], x.shape[1], vit.num_prefix_tokens,
                                                 vit.grid_size, prob)[:, None]
-            x = block(x, attn_mask=mask)
+            x = vit.run_block(block, x, mask, rope)
         outputs = self._predict(x)
         if aux:
             outputs["aux_outputs"] = aux
@@ -273,12 +284,20 @@ class EoMT(MaskFormer):
         return results
 
     # ------------------------------------------------------------------ checkpoints
-    @staticmethod
-    def rename_checkpoint_keys(state_dict: Dict[str, object]) -> Dict[str, object]:
-        """Official EoMT names (``network.*``) -> ours; other state dicts unchanged."""
-        if is_official_eomt_state_dict(state_dict):
-            return rename_official_eomt_keys(state_dict)
-        return state_dict
+    def rename_checkpoint_keys(self, state_dict: Dict[str, object]) -> Dict[str, object]:
+        """Official EoMT names (``network.*``) -> ours, with the DINOv3 weights added when they
+        are deltas (``MODEL.EOMT.DELTA_WEIGHTS``); other state dicts unchanged."""
+        if not is_official_eomt_state_dict(state_dict):
+            return state_dict
+        renamed = rename_official_eomt_keys(state_dict)
+        if not self.delta_weights:
+            return renamed
+        if not self.backbone_weights:
+            raise CheckpointMismatchError(
+                "MODEL.EOMT.DELTA_WEIGHTS: the official checkpoint holds deltas to the DINOv3 weights; set "
+                f"MODEL.EOMT.BACKBONE_WEIGHTS to the DINOv3 file of {self.backbone.name!r} (its model.safetensors), "
+                "or MODEL.EOMT.DELTA_WEIGHTS False for a checkpoint of absolute weights")
+        return add_delta_weights(renamed, delta_base(self, read_dinov3(self.backbone_weights, self)))
 
     def extra_repr(self) -> str:
         return (f"num_blocks={self.num_blocks}, masked_attn_enabled={self.masked_attn_enabled}, "
