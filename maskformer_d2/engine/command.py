@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import time
 from typing import Dict, List, Optional
 
 import detectron2.utils.comm as comm
@@ -174,8 +175,20 @@ def _check_eval_only(args: argparse.Namespace, cfg: CfgNode) -> None:
             f"OUTPUT_DIR {cfg.OUTPUT_DIR})")
 
 
-def _interrupted_message(cfg: Optional[CfgNode]) -> str:
+# how long a machine other than machine 0 waits for machine 0's interruption checkpoint to
+# appear in the shared OUTPUT_DIR before saying there is none
+OTHER_MACHINE_WAIT_S = 60.0
+
+
+def _interrupted_message(cfg: Optional[CfgNode], wait_s: float = 0.0) -> str:
+    """What to do next after an interruption. ``wait_s``: on a machine other than machine 0,
+    rank 0 saves ``model_interrupted.pth`` in another process tree, possibly after this machine's
+    processes have exited: wait up to that long for a checkpoint to appear."""
     found = resume_candidates(cfg.OUTPUT_DIR) if cfg is not None else []
+    deadline = time.monotonic() + wait_s
+    while cfg is not None and not found and time.monotonic() < deadline:
+        time.sleep(0.5)
+        found = resume_candidates(cfg.OUTPUT_DIR)
     if not found:
         return "train_net: interrupted before any checkpoint was written; start again (no --resume needed)"
     return f"train_net: interrupted; the last checkpoint is {found[0]}, continue with --resume"
@@ -202,7 +215,7 @@ def cli(argv: Optional[List[str]] = None) -> int:
             print(f"train_net: error: {first_line(e)}", file=sys.stderr)
             return 1
         _stop_launched_processes()
-        print(_interrupted_message(cfg), file=sys.stderr)
+        print(_interrupted_message(cfg, OTHER_MACHINE_WAIT_S if args.machine_rank > 0 else 0.0), file=sys.stderr)
         return INTERRUPTED
     except (OSError, ValueError, KeyError, AssertionError, NotImplementedError) as e:  # d2 asserts on bad data
         if os.environ.get("MASKFORMER_D2_DEBUG"):
