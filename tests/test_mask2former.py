@@ -87,7 +87,7 @@ def recompute_always(monkeypatch):
     monkeypatch.setattr(deformable_attention, "_RECOMPUTE_FROM", 0)
 
 
-def test_deformable_attention_recomputes_from_its_size_threshold():
+def test_deformable_attention_recomputes_from_its_size_threshold(monkeypatch):
     shapes = [(4, 4), (2, 2)]
     inputs = (torch.randn(1, 20, 2, 4, requires_grad=True), torch.rand(1, 3, 2, 2, 2, 2),
               torch.full((1, 3, 2, 2, 2), 0.25))
@@ -95,14 +95,10 @@ def test_deformable_attention_recomputes_from_its_size_threshold():
     small = multi_scale_deformable_attention(inputs[0], shapes, *inputs[1:])
     assert sampled < deformable_attention._RECOMPUTE_FROM
     assert "Recomputed" not in type(small.grad_fn).__name__
-    saved = deformable_attention._RECOMPUTE_FROM
-    try:
-        deformable_attention._RECOMPUTE_FROM = sampled + 1  # one short of the threshold
-        below = multi_scale_deformable_attention(inputs[0], shapes, *inputs[1:])
-        deformable_attention._RECOMPUTE_FROM = sampled  # at the threshold
-        large = multi_scale_deformable_attention(inputs[0], shapes, *inputs[1:])
-    finally:
-        deformable_attention._RECOMPUTE_FROM = saved
+    monkeypatch.setattr(deformable_attention, "_RECOMPUTE_FROM", sampled + 1)  # one short of it
+    below = multi_scale_deformable_attention(inputs[0], shapes, *inputs[1:])
+    monkeypatch.setattr(deformable_attention, "_RECOMPUTE_FROM", sampled)  # at the threshold
+    large = multi_scale_deformable_attention(inputs[0], shapes, *inputs[1:])
     assert "Recomputed" not in type(below.grad_fn).__name__
     assert "Recomputed" in type(large.grad_fn).__name__
     torch.testing.assert_close(large, small, rtol=0, atol=1e-6)

@@ -67,18 +67,17 @@ def main(argv: Optional[List[str]] = None, doc: str = __doc__) -> int:
     try:
         from ..config import load_config
         e = load_config(args.config_file, args.opts, opts_name="--opts").MODEL.EOMT
-        if is_dinov3_name(e.BACKBONE_NAME):  # transformers' DINOv3: renamed only
+        dinov3 = is_dinov3_name(e.BACKBONE_NAME)
+        if dinov3:  # transformers' DINOv3: renamed only
             from ..modeling.backbone.eomt_vit import EoMTViT
-            from ..modeling.eomt.dinov3_weights import PREFIX, dinov3_to_eomt
+            from ..modeling.eomt.dinov3_weights import read_dinov3
             vit = EoMTViT(name=e.BACKBONE_NAME, img_size=e.IMG_SIZE, patch_size=e.PATCH_SIZE,
                           embed_dim=e.EMBED_DIM, depth=e.DEPTH, num_heads=e.NUM_HEADS)
-            expected = {PREFIX + k: v for k, v in vit.vit.state_dict().items()}
-            converted = dinov3_to_eomt(read_state_dict(args.input), expected, args.input)
+            converted = read_dinov3(args.input, vit)
         else:
             converted = convert_dinov2(read_state_dict(args.input), e.BACKBONE_NAME, e.IMG_SIZE, e.PATCH_SIZE,
                                        e.EMBED_DIM, e.DEPTH, e.NUM_HEADS)
-        author = "DINOv3" if is_dinov3_name(e.BACKBONE_NAME) else "DINOv2"
-        write_checkpoint(converted, args.output, author=author, matching_heuristics=True)
+        write_checkpoint(converted, args.output, author="DINOv3" if dinov3 else "DINOv2", matching_heuristics=True)
     except (OSError, CheckpointReadError, ValueError, KeyError) as err:
         print(f"error: {first_line(err)}", file=sys.stderr)
         return 1

@@ -148,7 +148,8 @@ def _check_metadata(path: str, metadata: Dict, model: nn.Module) -> None:
 
 def _port_name(port, name: str) -> str:
     """``name`` when it is one of an OpenVINO port's tensor names, else one of them: OpenVINO
-    merges an input with a first no-op op (a cast to float32) and may give either name first."""
+    merges an input with a first no-op op (a cast to float32, as in the DINOv3 EoMT export) and
+    may give either name first."""
     return name if name in port.get_names() else port.get_any_name()
 
 
@@ -238,7 +239,7 @@ class OpenVinoNetwork(_OnnxNetwork):
         except Exception as e:
             raise ExportError(f"{path}: not a readable ONNX model ({first_line(e)})") from None
         self._check_names([_port_name(i, INPUT_NAME) for i in self.compiled.inputs],
-                          [_port_name(o, n) for o, n in zip(self.compiled.outputs, OUTPUT_NAMES + ("",) * 8)])
+                          [o.get_any_name() for o in self.compiled.outputs])
 
     def _run(self, array: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         result = self.compiled([array])

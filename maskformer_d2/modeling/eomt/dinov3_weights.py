@@ -67,10 +67,10 @@ def dinov3_to_eomt(state_dict: Mapping[str, Tensor], expected: Mapping[str, Tens
     return {k: v.contiguous() for k, v in converted.items()}
 
 
-def read_dinov3(path: str, model: nn.Module) -> StateDict:
+def read_dinov3(path: str, backbone: nn.Module) -> StateDict:
     """The DINOv3 file ``path`` (``.safetensors`` or ``.pth``, read without unpickling code) as
-    ``backbone.vit.*`` entries of ``model`` (an EoMT)."""
-    expected = {k: v for k, v in model.state_dict().items() if k.startswith(PREFIX)}
+    the ``backbone.vit.*`` entries of an EoMT whose backbone (an ``EoMTViT``) is ``backbone``."""
+    expected = {PREFIX + k: v for k, v in backbone.vit.state_dict().items()}
     return dinov3_to_eomt(read_state_dict(path), expected, path)
 
 

@@ -297,7 +297,7 @@ class EoMT(MaskFormer):
                 "MODEL.EOMT.DELTA_WEIGHTS: the official checkpoint holds deltas to the DINOv3 weights; set "
                 f"MODEL.EOMT.BACKBONE_WEIGHTS to the DINOv3 file of {self.backbone.name!r} (its model.safetensors), "
                 "or MODEL.EOMT.DELTA_WEIGHTS False for a checkpoint of absolute weights")
-        return add_delta_weights(renamed, delta_base(self, read_dinov3(self.backbone_weights, self)))
+        return add_delta_weights(renamed, delta_base(self, read_dinov3(self.backbone_weights, self.backbone)))
 
     def extra_repr(self) -> str:
         return (f"num_blocks={self.num_blocks}, masked_attn_enabled={self.masked_attn_enabled}, "
