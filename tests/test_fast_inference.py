@@ -1,8 +1,4 @@
 """The faster inference paths compute what the straightforward ones do."""
-import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -12,7 +8,6 @@ from detectron2.layers import Conv2d
 from detectron2.modeling import build_model
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 
-from maskformer_d2.inference.large_tensors import advise_huge_pages, empty_large
 from maskformer_d2.inference.postprocessing import (
     ImagePrediction,
     InferenceOptions,
@@ -193,53 +188,6 @@ def test_the_predictor_gets_the_deferred_conv_in_eval_only():
     torch.testing.assert_close(out["pred_masks"], two_steps["pred_masks"], rtol=1e-5, atol=1e-5)
 
 
-_HUGE_PAGES_PROBE = """
-import json
-import torch
-from maskformer_d2.inference.large_tensors import empty_large
-
-def anon_huge_kib(start, stop):  # AnonHugePages of the mappings overlapping [start, stop)
-    inside, huge = False, 0
-    with open("/proc/self/smaps") as f:
-        for line in f:
-            first = line.split()[0]
-            if "-" in first and ":" not in first:
-                lo, hi = (int(x, 16) for x in first.split("-"))
-                inside = lo < stop and start < hi
-            elif inside and first == "AnonHugePages:":
-                huge += int(line.split()[1])
-    return huge
-
-def faults():
-    with open("/proc/vmstat") as f:
-        counts = dict(line.split() for line in f)
-    return [int(counts.get(k, 0)) for k in ("thp_fault_alloc", "thp_fault_fallback")]
-
-before = faults()
-big = empty_large((16, 1024, 1024), like=torch.zeros(1, dtype=torch.float64), dtype=torch.float32)
-big.fill_(1.5)
-print(json.dumps({"huge_kib": anon_huge_kib(big.data_ptr(), big.data_ptr() + 64 * 2**20),
-                  "fell_back": faults()[1] > before[1], "shape": list(big.shape), "dtype": str(big.dtype),
-                  "sum_ok": float(big.sum()) == 1.5 * big.numel()}))
-"""
-
-
-def test_large_outputs_are_allocated_on_huge_pages_where_the_kernel_offers_them():
-    small = empty_large((10, 10), like=torch.zeros(1))
-    assert small.shape == (10, 10) and small.dtype == torch.float32
-    assert not advise_huge_pages(small)  # too small to hold a whole 2 MiB page
-    thp = "/sys/kernel/mm/transparent_hugepage/enabled"
-    if not os.path.exists(thp) or "[never]" in open(thp).read():
-        pytest.skip("transparent huge pages are off on this machine")
-    # in a fresh process: in this one, libraries loaded by other tests (engines that raise malloc's
-    # mmap threshold) can make a large allocation reuse memory already mapped with small pages
-    proc = subprocess.run([sys.executable, "-c", _HUGE_PAGES_PROBE], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    probe = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert probe["shape"] == [16, 1024, 1024] and probe["dtype"] == "torch.float32" and probe["sum_ok"]
-    if probe["huge_kib"] == 0 and probe["fell_back"]:
-        pytest.skip("the kernel had no free huge page (thp_fault_fallback rose)")
-    assert probe["huge_kib"] >= 2048
 
 
 @pytest.mark.parametrize("size", [(96, 160), (100, 170), (13, 17), (24, 40)])

@@ -22,7 +22,6 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import Boxes, Instances
 from torch import Tensor
 
-from .large_tensors import empty_large
 from .separable_resize import linear_resize_matrix, resize_rows, resize_width
 
 __all__ = [
@@ -243,7 +242,7 @@ def upsampled_semantic_inference(mask_cls: Tensor, low_res_mask_pred: Tensor,
     probs = class_probabilities(mask_cls).contiguous()  # (Q, K)
     along_width = resize_width(low_res_mask_pred, width)  # (Q, h, W)
     height_matrix = linear_resize_matrix(h, height, low_res_mask_pred)
-    scores = empty_large((height, width, probs.shape[1]), like=low_res_mask_pred)
+    scores = low_res_mask_pred.new_empty((height, width, probs.shape[1]))
     for top in range(0, height, rows_per_chunk):
         bottom = min(top + rows_per_chunk, height)
         band = resize_rows(along_width, height_matrix, top, bottom).sigmoid_()  # (Q, rows, W)
