@@ -9,14 +9,9 @@
 Everything happens in :mod:`maskformer_d2.engine` (``Trainer``, ``cli``); import that, not this
 script, to extend it.
 """
-import os
 import sys
 
 if __name__ == "__main__":
-    # before torch starts: its CPU allocator then advises 2 MiB pages for large tensors (Linux;
-    # a no-op where transparent huge pages are "never"), which saves a training step most of
-    # its page faults (docs/performance.md). THP_MEM_ALLOC_ENABLE=0 turns it off.
-    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     try:
         from maskformer_d2.engine import cli
     except ImportError as e:  # maskformer_d2.errors.MissingDependencyError says how to install

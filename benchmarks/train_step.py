@@ -11,9 +11,9 @@ clipping for the ADE20K configs). ``--parts`` also times backbone / pixel decode
 criterion / backward / optimiser separately (ours only). The last line printed is one JSON
 object (median_s, peak_rss_mb, config, torch version, threads, the first step's losses).
 ``--device cuda [--precision amp]`` runs both on the GPU (the official configs train with
-AMP); nothing of the CPU path needs one. Ours runs with PyTorch's huge-page advice on, as
-``train_net.py`` starts it; ``--huge-pages both`` gives the official code the same, ``none``
-neither.
+AMP); nothing of the CPU path needs one. Both run without PyTorch's huge-page advice, as their
+``train_net.py`` start them; ``--huge-pages ours|both`` sets ``THP_MEM_ALLOC_ENABLE=1`` for ours /
+both (it halved our step on one VM: docs/performance.md).
 
 With ``--official PATH`` (a checkout of facebookresearch/MaskFormer, outside this tree) the
 official code runs the same steps from the same weights, in alternating processes; the last JSON
@@ -65,7 +65,7 @@ def time_parts(model, times) -> None:
 
 
 def worker(args: argparse.Namespace) -> None:
-    # before torch starts (it reads the variable once): train_net.py turns huge pages on for ours
+    # before torch starts (it reads the variable once)
     if args.huge_pages == "both" or (args.huge_pages == "ours" and args.impl == C.OURS):
         os.environ["THP_MEM_ALLOC_ENABLE"] = "1"
     else:
@@ -150,9 +150,9 @@ def main() -> None:
     ap.add_argument("--precision", choices=("fp32", "amp"), default="fp32",
                     help="amp: float16 autocast and a gradient scaler, as detectron2's AMPTrainer "
                          "(SOLVER.AMP.ENABLED of the official configs; --device cuda only)")
-    ap.add_argument("--huge-pages", choices=("ours", "both", "none"), default="ours",
-                    help="which implementation runs with THP_MEM_ALLOC_ENABLE=1: ours, as our "
-                         "train_net.py sets it (default), both, or none")
+    ap.add_argument("--huge-pages", choices=("ours", "both", "none"), default="none",
+                    help="which implementation runs with THP_MEM_ALLOC_ENABLE=1 (PyTorch's huge-page "
+                         "advice): ours, both, or none as the train_net.py scripts (default)")
     ap.set_defaults(iters=5)
     C.pass_through("--batch", "--segments", "--huge-pages", "--device", "--precision")
     args = ap.parse_args()
