@@ -16,16 +16,22 @@ from pathlib import Path
 
 import pytest
 import torch
+from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
 
 import maskformer_d2  # noqa: F401  (registers the models)
 from maskformer_d2.config import load_config
 from maskformer_d2.inference.postprocessing import panoptic_inference
 from maskformer_d2.modeling.pixel_decoder import deformable_attention
+from maskformer_d2.modeling.pixel_decoder import mask2former_pixel_decoder as m2f_pixel_decoder
 from maskformer_d2.modeling.pixel_decoder.deformable_attention import (
     MSDeformAttn,
     _sampled_attention,
     multi_scale_deformable_attention,
+)
+from maskformer_d2.modeling.pixel_decoder.mask2former_pixel_decoder import (
+    MSDeformAttnPixelDecoder,
+    MSDeformAttnTransformerEncoderOnly,
 )
 from maskformer_d2.modeling.recipe import num_train_points, recipe_of
 from maskformer_d2.modeling.transformer_decoder import TRANSFORMER_PREDICTOR_REGISTRY
@@ -147,6 +153,65 @@ def test_deformable_attention_backward_equals_grid_sample_autograd(recompute_alw
     for got, expected in zip(*grads):
         assert got.shape == expected.shape and expected.abs().max() > 0.1
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+def _encoder_step(recompute: bool, seed: int = 5):
+    """Output, parameter and input gradients and saved-activation bytes of one training forward
+    and backward of a small deformable encoder (3 levels, 2 layers)."""
+    torch.manual_seed(seed)
+    encoder = MSDeformAttnTransformerEncoderOnly(d_model=32, nhead=4, num_encoder_layers=2,
+                                                 dim_feedforward=64, dropout=0.0,
+                                                 num_feature_levels=3, recompute_in_backward=recompute)
+    with torch.no_grad():  # off the initial zeros, so that positions move the sampling points
+        for p in encoder.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    srcs = [torch.randn(2, 32, s, s, requires_grad=True) for s in (8, 4, 2)]
+    pos = [torch.randn(2, 32, s, s) for s in (8, 4, 2)]
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        out = encoder.train()(srcs, pos)
+    loss = sum((o * torch.randn(o.shape, generator=torch.Generator().manual_seed(i))).sum()
+               for i, o in enumerate(out))
+    loss.backward()
+    grads = [p.grad.clone() for p in encoder.parameters()] + [s.grad.clone() for s in srcs]
+    return out, grads, sum(saved)
+
+
+def test_encoder_recomputed_in_backward_gives_the_same_values_and_gradients(monkeypatch):
+    monkeypatch.setattr(m2f_pixel_decoder, "_RECOMPUTE_FROM", 0)
+    kept_out, kept_grads, kept_saved = _encoder_step(recompute=False)
+    out, grads, saved = _encoder_step(recompute=True)
+    assert saved < kept_saved / 3  # only each layer's inputs are kept
+    for got, expected in zip(out, kept_out):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert len(grads) == len(kept_grads)
+    for got, expected in zip(grads, kept_grads):
+        assert expected.abs().max() > 0
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_encoder_recomputes_only_from_its_size_threshold(monkeypatch):
+    tokens = 2 * (64 + 16 + 4) * 32  # B * S * C of _encoder_step
+    assert tokens < m2f_pixel_decoder._RECOMPUTE_FROM
+    _, _, default = _encoder_step(recompute=True)
+    monkeypatch.setattr(m2f_pixel_decoder, "_RECOMPUTE_FROM", tokens + 1)
+    _, _, below = _encoder_step(recompute=True)
+    monkeypatch.setattr(m2f_pixel_decoder, "_RECOMPUTE_FROM", tokens)
+    _, _, at = _encoder_step(recompute=True)
+    _, _, kept = _encoder_step(recompute=False)
+    assert default == below == kept and at < kept / 3
+
+
+def test_recompute_encoder_config_key_reaches_the_encoder():
+    cfg = load_config(str(REPO / "configs/ade20k/semantic-segmentation/maskformer2_R50_bs16_160k.yaml"))
+    assert cfg.MODEL.SEM_SEG_HEAD.RECOMPUTE_ENCODER is True
+    cfg.defrost()
+    for value in (True, False):
+        cfg.MODEL.SEM_SEG_HEAD.RECOMPUTE_ENCODER = value
+        args = MSDeformAttnPixelDecoder.from_config(cfg, {f"res{i}": ShapeSpec(channels=8 * i, stride=2 ** i)
+                                                         for i in range(2, 6)})
+        decoder = MSDeformAttnPixelDecoder(**args)
+        assert decoder.transformer.encoder.recompute_in_backward is value
 
 
 def test_deformable_attention_starts_on_rings_with_uniform_weights():

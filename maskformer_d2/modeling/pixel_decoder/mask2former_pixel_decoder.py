@@ -19,6 +19,7 @@ from detectron2.config import configurable
 from detectron2.layers import Conv2d, ShapeSpec
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 from ..losses import no_autocast
 from ..transformer_decoder.position_encoding import PositionEmbeddingSine
@@ -71,20 +72,40 @@ def reference_points(spatial_shapes: Sequence[Tuple[int, int]], batch: int, devi
     return points[None, :, None].expand(batch, -1, len(spatial_shapes), -1)
 
 
+# the smallest (B, S, C) token tensor whose layers recompute_in_backward recomputes: below it the
+# saved activations are small and recomputing costs more time than the memory is worth
+# (Mask2Former R50 at 512x512, batch 2: 2.8M values; the shapes recipe: 0.7M)
+_RECOMPUTE_FROM = 1 << 21
+
+
 class MSDeformAttnEncoder(nn.Module):
     """A stack of :class:`MSDeformAttnEncoderLayer` (``layers.i``), every position of every level
-    a query with its centre as reference point."""
+    a query with its centre as reference point.
 
-    def __init__(self, layers: Iterable[MSDeformAttnEncoderLayer]):
+    With ``recompute_in_backward`` a training forward keeps only each layer's input and runs the
+    layer again in backward (activation checkpointing: the same values and gradients, ~130 MB
+    less per layer at R50 512x512 batch 2, one more forward of the encoder; docs/performance.md).
+    """
+
+    def __init__(self, layers: Iterable[MSDeformAttnEncoderLayer], recompute_in_backward: bool = False):
         super().__init__()
         self.layers = nn.ModuleList(layers)
+        self.recompute_in_backward = recompute_in_backward
+
+    def _recomputes(self, tokens: Tensor) -> bool:
+        return (self.recompute_in_backward and self.training and torch.is_grad_enabled()
+                and tokens.numel() >= _RECOMPUTE_FROM)
 
     def forward(self, tokens: Tensor, pos: Tensor, spatial_shapes: Sequence[Tuple[int, int]]
                 ) -> Tensor:
         """(B, S, C) tokens of all levels and their positions -> (B, S, C)."""
         refs = reference_points(spatial_shapes, tokens.shape[0], tokens.device)
+        recompute = self._recomputes(tokens)
         for layer in self.layers:
-            tokens = layer(tokens, pos, refs, spatial_shapes)
+            if recompute:
+                tokens = checkpoint(layer, tokens, pos, refs, spatial_shapes, use_reentrant=False)
+            else:
+                tokens = layer(tokens, pos, refs, spatial_shapes)
         return tokens
 
 
@@ -94,12 +115,13 @@ class MSDeformAttnTransformerEncoderOnly(nn.Module):
 
     def __init__(self, d_model: int = 256, nhead: int = 8, num_encoder_layers: int = 6,
                  dim_feedforward: int = 1024, dropout: float = 0.1, num_feature_levels: int = 4,
-                 enc_n_points: int = 4):
+                 enc_n_points: int = 4, recompute_in_backward: bool = False):
         super().__init__()
         self.encoder = MSDeformAttnEncoder(
-            MSDeformAttnEncoderLayer(d_model, dim_feedforward, dropout, num_feature_levels, nhead,
-                                     enc_n_points)
-            for _ in range(num_encoder_layers)
+            (MSDeformAttnEncoderLayer(d_model, dim_feedforward, dropout, num_feature_levels, nhead,
+                                      enc_n_points)
+             for _ in range(num_encoder_layers)),
+            recompute_in_backward,
         )
         self.level_embed = nn.Parameter(torch.empty(num_feature_levels, d_model))
         _xavier_init(self)
@@ -148,6 +170,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         transformer_in_features: Sequence[str],
         common_stride: int,
         transformer_n_points: int = 4,
+        recompute_encoder: bool = False,
     ):
         """
         Args:
@@ -161,6 +184,8 @@ class MSDeformAttnPixelDecoder(nn.Module):
             common_stride: stride of the per-pixel embeddings (4): the FPN adds the finer
                 features down to it.
             transformer_n_points: sampling points per head and level.
+            recompute_encoder: training recomputes the encoder layers in backward instead of
+                keeping their activations (:class:`MSDeformAttnEncoder`).
         """
         super().__init__()
         levels = sorted(input_shape.items(), key=lambda kv: kv[1].stride)
@@ -182,6 +207,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
             d_model=conv_dim, nhead=transformer_nheads, num_encoder_layers=transformer_enc_layers,
             dim_feedforward=transformer_dim_feedforward, dropout=transformer_dropout,
             num_feature_levels=len(encoder_levels), enc_n_points=transformer_n_points,
+            recompute_in_backward=recompute_encoder,
         )
         self.pe_layer = PositionEmbeddingSine(conv_dim // 2, normalize=True)
         self.mask_dim = mask_dim
@@ -205,6 +231,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
             "transformer_enc_layers": head.TRANSFORMER_ENC_LAYERS,
             "transformer_in_features": head.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES,
             "common_stride": head.COMMON_STRIDE,
+            "recompute_encoder": head.RECOMPUTE_ENCODER,
         }
 
     def forward_features(self, features: Dict[str, Tensor]
