@@ -90,8 +90,8 @@ def add_maskformer_config(cfg: CN) -> None:
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS = 4
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 8
     # ours: training recomputes the deformable encoder's layers in backward instead of keeping
-    # their activations (same values; Mask2Former R50 512x512 batch 2: ~0.8 GB less peak memory,
-    # ~1.7 s more per CPU step; docs/performance.md); only where the tokens hold >= 2^21 values
+    # their activations (same values, less peak memory, one more encoder forward: measured in
+    # docs/performance.md); only where the tokens hold >= 2^21 values
     cfg.MODEL.SEM_SEG_HEAD.RECOMPUTE_ENCODER = True
 
     # ---- Swin backbone

@@ -83,8 +83,8 @@ class MSDeformAttnEncoder(nn.Module):
     a query with its centre as reference point.
 
     With ``recompute_in_backward`` a training forward keeps only each layer's input and runs the
-    layer again in backward (activation checkpointing: the same values and gradients, ~130 MB
-    less per layer at R50 512x512 batch 2, one more forward of the encoder; docs/performance.md).
+    layer again in backward (activation checkpointing: the same values and gradients, less peak
+    memory for one more forward of the encoder; measured in docs/performance.md).
     """
 
     def __init__(self, layers: Iterable[MSDeformAttnEncoderLayer], recompute_in_backward: bool = False):
