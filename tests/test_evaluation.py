@@ -17,8 +17,9 @@ from panopticapi.utils import id2rgb
 from PIL import Image
 from pycocotools import mask as coco_mask
 
+from maskformer_d2.evaluation.histograms import pair_counts, value_counts
 from maskformer_d2.evaluation.instance import encode_masks
-from maskformer_d2.evaluation.panoptic import PQStats, accumulate_image, read_panoptic_png
+from maskformer_d2.evaluation.panoptic import PQStats, _pixel_index, accumulate_image, read_panoptic_png
 from maskformer_d2.evaluation.synthetic import (
     SyntheticSpec,
     metric_differences,
@@ -106,6 +107,27 @@ def test_instance_evaluator_writes_no_pickle_unless_asked(tmp_path):
         with open(out / "coco_instances_results.json") as f:
             assert len(json.load(f)) == spec.num_images * spec.detections
         assert (out / "instances_predictions.pth").exists() == write
+    # detectron2's format: per image {"image_id", "instances": instances_to_coco_json(...)}
+    from detectron2.evaluation.coco_evaluation import instances_to_coco_json
+    saved = torch.load(out / "instances_predictions.pth", weights_only=False)
+    inputs, outputs = synthetic_outputs(spec, name, 0)
+    assert saved[0] == {"image_id": 1, "instances": instances_to_coco_json(outputs["instances"], 1)}
+
+
+def test_semantic_evaluator_names_a_label_that_is_no_class(tmp_path):
+    from detectron2.data import MetadataCatalog
+
+    from maskformer_d2.evaluation.semantic import FastSemSegEvaluator
+    spec, name = _small_synthetic_set(tmp_path)
+    path = f"{MetadataCatalog.get(name).sem_seg_root}/000002.png"
+    labels = np.array(Image.open(path))
+    labels[5, 7] = 40  # 12 classes, ignore label 255
+    Image.fromarray(labels).save(path)
+    evaluator = FastSemSegEvaluator(name, distributed=False)
+    evaluator.reset()
+    evaluator.process(*([x] for x in synthetic_outputs(spec, name, 0)))
+    with pytest.raises(ValueError, match=r"000002.png: label 40 is neither a class \(0..11\) nor the ignore label 255"):
+        evaluator.process(*([x] for x in synthetic_outputs(spec, name, 1)))
 
 
 def _random_panoptic_pair(rng: np.random.Generator, categories):
@@ -157,6 +179,49 @@ def test_panoptic_quality_in_memory_equals_panopticapi(tmp_path):
         assert got == pytest.approx(expected, abs=1e-12), name
 
 
+def test_pixel_index_by_8_bit_tables_equals_the_general_one():
+    """32-bit ids go through two 256-entry tables on a remainder that tells the segment ids
+    apart; ids absent from the segments (some sharing a remainder with one) get len(values)."""
+    rng = np.random.default_rng(3)
+    for trial in range(60):
+        values = np.unique(rng.integers(0, 1 << (24 if trial % 2 else 7), int(rng.integers(1, 40))))
+        strays = rng.integers(0, 1 << 24, 5)
+        ids = rng.choice(np.concatenate([values, strays, values % 256]), (23, 29))
+        expected = np.array([np.searchsorted(values, v) if v in values else len(values) for v in ids.reshape(-1)])
+        general = _pixel_index(ids.reshape(-1).astype(np.int64), values)
+        tables = _pixel_index(ids.reshape(-1).astype(np.uint32), values)
+        assert np.array_equal(general, expected), trial
+        assert tables.dtype == np.uint8 and np.array_equal(tables, expected), trial
+
+
+def test_panoptic_counts_are_the_same_for_8_bit_and_wide_ids():
+    """Small predicted ids and 32-bit ground truth take the 8-bit histogram; wide ones bincount."""
+    categories = [{"id": 1, "isthing": 1}, {"id": 2, "isthing": 1}, {"id": 7, "isthing": 0}]
+    rng = np.random.default_rng(4)
+    narrow, wide = PQStats(categories), PQStats(categories)
+    for image_id in range(30):
+        gt, gt_segments, pred, pred_segments = _random_panoptic_pair(rng, categories)
+        accumulate_image(narrow, gt.astype(np.uint32), gt_segments, pred - 50 * (pred > 0),
+                         [{**s, "id": s["id"] - 50} for s in pred_segments], image_id)
+        accumulate_image(wide, gt, gt_segments, pred + 1000 * (pred > 0),
+                         [{**s, "id": s["id"] + 1000} for s in pred_segments], image_id)
+    assert wide.tp.sum() > 10 and wide.fp.sum() > 10 and wide.fn.sum() > 10
+    for field in ("tp", "fp", "fn", "iou"):
+        assert np.array_equal(getattr(narrow, field), getattr(wide, field)), field
+
+
+def test_label_counts_equal_numpy_bincount():
+    rng = np.random.default_rng(5)
+    rows, cols = rng.integers(0, 13, (48, 64)), rng.integers(0, 7, (48, 64))
+    expected = np.bincount((rows * 7 + cols).reshape(-1), minlength=13 * 7).reshape(13, 7)
+    for dtype in (np.uint8, np.int64):
+        got = pair_counts(rows.astype(dtype), cols.astype(dtype), 13, 7)
+        assert got.dtype == np.int64 and np.array_equal(got, expected), dtype
+        assert np.array_equal(value_counts(rows.astype(dtype), 300), np.bincount(rows.reshape(-1), minlength=300))
+    with pytest.raises(ValueError, match="values up to 12 counted into 10 bins"):
+        value_counts(rows.astype(np.uint8), 10)
+
+
 def test_panoptic_quality_refuses_an_inconsistent_prediction():
     stats = PQStats([{"id": 1, "isthing": 1}])
     ids = np.ones((4, 4), dtype=np.int64)
@@ -177,6 +242,17 @@ def test_all_masks_of_an_image_encode_to_pycocotools_strings():
     assert [r["counts"] for r in got] == [e["counts"].decode() for e in expected]
     assert [r["size"] for r in got] == [[37, 53]] * 7
     assert encode_masks(torch.zeros((0, 5, 5), dtype=torch.bool)) == []
+    # more masks than a group, width a multiple of 4 (rows found 4 pixels at a time), small
+    # masks after large ones (a reused buffer must be cleared)
+    masks = torch.zeros((21, 30, 44), dtype=torch.bool)
+    for k in range(21):
+        top, left = (k * 7) % 25, (k * 11) % 40
+        masks[k, top:top + 1 + k % 5, left:left + 2 + k % 3] = True
+    masks[3] = torch.from_numpy(rng.random((30, 44)) < 0.5)
+    masks[4, -1, -1] = True
+    expected = [coco_mask.encode(np.asfortranarray(m.numpy().astype(np.uint8)))["counts"].decode() for m in masks]
+    assert [r["counts"] for r in encode_masks(masks)] == expected
+    assert [r["counts"] for r in encode_masks(masks.to(torch.uint8))] == expected
 
 
 def test_mask_boxes_are_detectron2s_bounding_boxes():
@@ -200,7 +276,7 @@ def test_argmax_over_the_first_dimension_keeps_the_first_of_ties():
     x[:, 0, 0] = 1.0  # a tie: the first index wins, as torch.argmax(0)
     assert torch.equal(argmax_over_first_dim(x), x.argmax(0))
     assert argmax_over_first_dim(x)[0, 0] == 0
-    for n in (31, 32, 150):  # torch below 32 entries, NumPy from 32 on
+    for n in (12, 32, 150):
         x = torch.randn(9, 11, n).permute(2, 0, 1)  # laid out (H, W, N), as semantic scores are
         x[:, 0, 0] = 1.0
         x[[3, 7], 1, 2] = 9.0

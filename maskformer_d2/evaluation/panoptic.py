@@ -24,6 +24,8 @@ from detectron2.evaluation.panoptic_evaluation import _print_panoptic_results
 from detectron2.utils.file_io import PathManager
 from panopticapi.evaluation import VOID, PQStat
 
+from .histograms import pair_counts
+
 __all__ = ["PanopticEvaluatorWithClasses", "InMemoryPanopticEvaluator", "PQStats", "accumulate_image",
            "per_class_pq", "read_panoptic_png"]
 
@@ -132,11 +134,15 @@ class PQStats:
 
 
 def _pixel_index(ids: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Per pixel, the position of its id in ``values`` (distinct, >= 0), or len(values) when absent.
+    """Per pixel, the position of its id in ``values`` (distinct, >= 0), or len(values) when absent
+    (uint8 for fewer than 255 values, else int64).
 
-    A table indexed by the low bits of the id (the fewest that tell the values apart; else by
-    ``id % m``): a few passes over the pixels instead of a binary search per pixel.
+    A table indexed by a few low bits of the id or its remainder (the fewest that tell the values
+    apart): a few passes over the pixels instead of a binary search per pixel.
     """
+    modulus = _byte_modulus(values) if ids.dtype in (np.uint32, np.int32) else None
+    if modulus is not None:
+        return _pixel_index_8bit(ids, values, modulus)
     n = len(values)
     table_size = next((1 << bits for bits in range(max(n - 1, 1).bit_length(), 21)
                        if len(np.unique(values & ((1 << bits) - 1))) == n), None)
@@ -154,6 +160,34 @@ def _pixel_index(ids: np.ndarray, values: np.ndarray) -> np.ndarray:
     return np.where(slot_value[slots] == ids, slot_index[slots], n)
 
 
+def _byte_modulus(values: np.ndarray) -> Optional[int]:
+    """The smallest m <= 256 (a power of two if one works) leaving distinct remainders of the
+    values, which are below 2**31; None if there is none or 255 values or more."""
+    n = len(values)
+    if not 0 < n < 255 or values.min() < 0 or values.max() >= (1 << 31):
+        return None
+    moduli = np.arange(n, 257)
+    remainders = np.sort(values[None, :] % moduli[:, None], axis=1)
+    distinct = moduli[~(remainders[:, 1:] == remainders[:, :-1]).any(1)]
+    powers = distinct[(distinct & (distinct - 1)) == 0]
+    return int(powers[0]) if len(powers) else int(distinct[0]) if len(distinct) else None
+
+
+def _pixel_index_8bit(ids: np.ndarray, values: np.ndarray, modulus: int) -> np.ndarray:
+    """:func:`_pixel_index` by two 256-entry OpenCV lookup tables on each 32-bit id's remainder."""
+    n = len(values)
+    slots = (ids & (modulus - 1) if modulus & (modulus - 1) == 0 else ids % modulus).astype(np.uint8)
+    index_table = np.full(256, n, dtype=np.uint8)
+    value_table = np.full(256, -1, dtype=np.int32)  # the id a slot stands for; -1: none
+    index_table[values % modulus] = np.arange(n)
+    value_table[values % modulus] = values
+    index = cv2.LUT(slots, index_table).reshape(ids.shape)  # (OpenCV makes 1-D arrays columns)
+    other = cv2.LUT(slots, value_table).reshape(ids.shape) != ids.view(np.int32)  # another id, same remainder
+    if other.any():
+        index[other] = n
+    return index
+
+
 def accumulate_image(stats: PQStats, gt_ids: np.ndarray, gt_segments: List[Dict], pred_ids: np.ndarray,
                      pred_segments: List[Dict], image_id) -> None:
     """Add one image to ``stats`` by panopticapi's rules (``pq_compute_single_core``), from the id
@@ -168,13 +202,16 @@ def accumulate_image(stats: PQStats, gt_ids: np.ndarray, gt_segments: List[Dict]
     """
     gt_segms = {int(s["id"]): s for s in gt_segments}
     pred_segms = {int(s["id"]): s for s in pred_segments}
-    pred = pred_ids.reshape(-1).astype(np.int64)
+    pred = pred_ids.reshape(-1)
     if pred.size and 0 <= pred.min() and pred.max() < (1 << 20):  # ids 1..n, as our models give
         pred_values = np.arange(int(pred.max()) + 1)
-        pred_index = pred
+        pred_index = pred.astype(np.uint8 if len(pred_values) <= 256 else np.int64)
     else:
-        pred_values, pred_index = np.unique(pred, return_inverse=True)
-    pred_area = np.bincount(pred_index, minlength=len(pred_values))
+        pred_values, pred_index = np.unique(pred.astype(np.int64), return_inverse=True)
+    gt_values = np.array(sorted({VOID} | set(gt_segms)), dtype=np.int64)
+    gt_index = _pixel_index(gt_ids.reshape(-1), gt_values)
+    joint = pair_counts(gt_index, pred_index, len(gt_values) + 1, len(pred_values))
+    pred_area = joint.sum(0)
     area_of = {int(pred_values[p]): int(pred_area[p]) for p in np.flatnonzero(pred_area)}
     for label in area_of:
         if label not in pred_segms:
@@ -188,10 +225,6 @@ def accumulate_image(stats: PQStats, gt_ids: np.ndarray, gt_segments: List[Dict]
         raise KeyError(f"image {image_id}: segments {sorted(set(pred_segms) - set(area_of))} are in "
                        "segments_info but not in the panoptic map")
 
-    gt_values = np.array(sorted({VOID} | set(gt_segms)), dtype=np.int64)
-    gt_index = _pixel_index(gt_ids.reshape(-1), gt_values)
-    joint = np.bincount(gt_index * len(pred_values) + pred_index,
-                        minlength=(len(gt_values) + 1) * len(pred_values)).reshape(len(gt_values) + 1, -1)
     void_row = joint[0]  # gt_values[0] is VOID
 
     gt_matched, pred_matched = set(), set()

@@ -15,6 +15,7 @@ from detectron2.evaluation import SemSegEvaluator
 from detectron2.utils.file_io import PathManager
 
 from ..inference.postprocessing import argmax_over_first_dim
+from .histograms import pair_counts, value_counts
 
 __all__ = ["FastSemSegEvaluator"]
 
@@ -34,32 +35,41 @@ class FastSemSegEvaluator(SemSegEvaluator):
         size = self._num_classes + 1
         for input, output in zip(inputs, outputs):
             pred = argmax_over_first_dim(output["sem_seg"]).to(self._cpu_device).numpy()
+            if size <= 256:
+                pred = pred.astype(np.uint8)
             gt = self._ground_truth(input["file_name"])
-            index = pred * size
-            index += gt
-            self._conf_matrix += np.bincount(index.reshape(-1), minlength=size * size).reshape(size, size)
+            self._conf_matrix += pair_counts(pred, gt, size, size)
             if self._compute_boundary_iou:
                 b_gt = self._mask_to_boundary(gt.astype(np.uint8, copy=False))
-                b_pred = self._mask_to_boundary(pred.astype(np.uint8))
+                b_pred = self._mask_to_boundary(pred.astype(np.uint8, copy=False))
                 # uint8 arithmetic as detectron2's (it wraps around from 16 classes on: the same
                 # boundary numbers as the stock evaluator, not corrected ones)
-                self._b_conf_matrix += np.bincount(size * b_pred.reshape(-1) + b_gt.reshape(-1),
-                                                   minlength=size * size).reshape(size, size)
+                self._b_conf_matrix += value_counts(size * b_pred + b_gt, size * size).reshape(size, size)
             if self._write_predictions:
-                self._predictions.extend(self.encode_json_sem_seg(pred, input["file_name"]))
+                self._predictions.extend(self.encode_json_sem_seg(pred.astype(np.int64), input["file_name"]))
 
     def _ground_truth(self, file_name: str) -> np.ndarray:
         """(H, W) ground-truth classes of an image, the ignore label replaced by K (as detectron2):
-        8-bit label images through a 256-entry table, kept 8-bit; others as int64."""
-        gt = np.asarray(self.sem_seg_loading_fn(self.input_file_to_gt_file[file_name], dtype=None))
+        8-bit label images through a 256-entry table, kept 8-bit; others as int64.
+
+        Raises:
+            ValueError: a label that is neither a class (0..K-1) nor the ignore label.
+        """
+        gt_file = self.input_file_to_gt_file[file_name]
+        gt = np.asarray(self.sem_seg_loading_fn(gt_file, dtype=None))
         if gt.dtype == np.uint8 and self._num_classes < 256:
             if self._relabel is None:
                 self._relabel = np.arange(256, dtype=np.uint8)
                 if 0 <= self._ignore_label < 256:
                     self._relabel[self._ignore_label] = self._num_classes
-            return cv2.LUT(gt, self._relabel)
-        gt = gt.astype(np.int64)
-        gt[gt == self._ignore_label] = self._num_classes
+            gt = cv2.LUT(gt, self._relabel)
+        else:
+            gt = gt.astype(np.int64)
+            gt[gt == self._ignore_label] = self._num_classes
+        if gt.size and not (0 <= gt.min() and gt.max() <= self._num_classes):
+            bad = gt.max() if gt.max() > self._num_classes else gt.min()
+            raise ValueError(f"{gt_file}: label {bad} is neither a class (0..{self._num_classes - 1}) "
+                             f"nor the ignore label {self._ignore_label}")
         return gt
 
     def evaluate(self):

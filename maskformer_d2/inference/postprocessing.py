@@ -15,7 +15,6 @@ import functools
 from dataclasses import dataclass
 from typing import Dict, FrozenSet, List, Optional, Set, Tuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from detectron2.modeling.postprocessing import sem_seg_postprocess
@@ -182,27 +181,19 @@ def class_probabilities(mask_cls: Tensor, num_classes: Optional[int] = None) -> 
     return F.softmax(mask_cls, dim=-1)[..., :-1]
 
 
-# from this many entries on, NumPy's vectorised argmax over a row beats torch's on the CPU
-# (2.1x at 150 classes, 0.7x at 12; docs/performance.md)
-_NUMPY_ARGMAX_FROM = 32
-
-
 def argmax_over_first_dim(x: Tensor) -> Tensor:
     """``x.argmax(0)`` for a (N, H, W) tensor, reduced over the innermost memory dimension: a
     reduction over a strided outer dimension is several times slower on the CPU. Free for
     tensors laid out (H, W, N) in memory (the semantic scores of :func:`semantic_inference`),
-    one copy otherwise; NumPy's argmax for N >= 32 float32/64 entries. The same result, ties
-    included (the first maximum wins).
+    one copy otherwise. The indices of ``max`` (documented to be the first maximum's), about
+    twice as fast as ``argmax`` on the CPU for any N; the same result, ties included.
 
     Returns:
         (H, W) int64 indices into the first dimension.
     """
     if x.shape[0] <= 1 or x.device.type != "cpu":
         return x.argmax(0)
-    innermost = x.detach().permute(1, 2, 0).contiguous()
-    if x.shape[0] >= _NUMPY_ARGMAX_FROM and x.dtype in (torch.float32, torch.float64):
-        return torch.from_numpy(innermost.numpy().argmax(-1).astype(np.int64, copy=False))
-    return innermost.argmax(-1)
+    return x.detach().permute(1, 2, 0).contiguous().max(-1).indices
 
 
 def semantic_inference(mask_cls: Tensor, mask_pred: Tensor) -> Tensor:
