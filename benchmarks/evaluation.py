@@ -3,9 +3,11 @@
 differences between the two.
 
     python benchmarks/evaluation.py [--num-images 2000] [--height 480] [--width 640]
-        [--segments 20] [--detections 100] [--tasks semantic,instance,panoptic] [--root DIR]
+        [--segments 20] [--detections 100] [--things 8 --stuff 4] [--tasks semantic,instance,panoptic]
+        [--root DIR]
 
-The set is synthetic (maskformer_d2.evaluation.synthetic): COCO-sized by default, ground truth
+The set is synthetic (maskformer_d2.evaluation.synthetic): COCO-sized by default (images and
+segments; 12 classes unless ``--things 80 --stuff 53`` gives COCO panoptic's 133), ground truth
 written once under ``--root`` (default: a temporary folder), model outputs near the ground truth
 drawn per image from a seed. For each task the stock evaluator (SemSegEvaluator, COCOEvaluator,
 COCOPanopticEvaluator with per-class PQ: TEST.EVALUATOR detectron2) and ours (TEST.EVALUATOR
@@ -62,7 +64,7 @@ def time_evaluators(args: argparse.Namespace) -> None:
     )
     logging.basicConfig(level=logging.WARNING)
     spec = SyntheticSpec(num_images=args.num_images, height=args.height, width=args.width,
-                         segments=args.segments, detections=args.detections)
+                         segments=args.segments, detections=args.detections, things=args.things, stuff=args.stuff)
     with tempfile.TemporaryDirectory(prefix="mf_eval_bench_") as tmp:
         root = args.root or tmp
         start = time.perf_counter()
@@ -76,6 +78,7 @@ def time_evaluators(args: argparse.Namespace) -> None:
         pairs = (synthetic_outputs(spec, name, i) for i in range(spec.num_images))
         results = run_evaluators(evaluators, pairs)
     summary = {"images": spec.num_images, "height": spec.height, "width": spec.width,
+               "classes": f"{spec.things}+{spec.stuff}",
                "segments": spec.segments, "detections": spec.detections, "threads": _threads(), "tasks": {}}
     totals = {"stock": 0.0, "fast": 0.0}
     for task in args.tasks.split(","):
@@ -180,6 +183,8 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=640)
     ap.add_argument("--segments", type=int, default=20, help="thing segments per image")
     ap.add_argument("--detections", type=int, default=100, help="predicted instances per image")
+    ap.add_argument("--things", type=int, default=8, help="thing classes (COCO: 80)")
+    ap.add_argument("--stuff", type=int, default=4, help="stuff classes (COCO panoptic: 53)")
     ap.add_argument("--tasks", default=",".join(TASKS), help="comma-separated, of " + ", ".join(TASKS))
     ap.add_argument("--root", help="where the ground truth is written (kept; default: a temporary folder)")
     ap.add_argument("--eval-only", metavar="WEIGHTS",

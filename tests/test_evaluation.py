@@ -114,6 +114,28 @@ def test_instance_evaluator_writes_no_pickle_unless_asked(tmp_path):
     assert saved[0] == {"image_id": 1, "instances": instances_to_coco_json(outputs["instances"], 1)}
 
 
+def test_gray_label_pngs_read_by_opencv_as_pil_reads_them(tmp_path):
+    """8- and 16-bit grayscale PNGs by OpenCV, the same array as detectron2's PIL loader; other
+    PNGs (palette, colour, 1-bit) are left to PIL."""
+    from detectron2.evaluation.sem_seg_evaluation import load_image_into_numpy_array
+
+    from maskformer_d2.evaluation.semantic import _read_gray_png
+    rng = np.random.default_rng(6)
+    labels = rng.integers(0, 40, (9, 13)).astype(np.uint8)
+    images = {"gray8": Image.fromarray(labels), "gray16": Image.fromarray(labels.astype(np.uint16) * 300),
+              "palette": Image.fromarray(labels).convert("P"), "rgb": Image.fromarray(labels).convert("RGB"),
+              "bits": Image.fromarray(labels > 20)}
+    for kind, image in images.items():
+        path = str(tmp_path / f"{kind}.png")
+        image.save(path)
+        got = _read_gray_png(path)
+        if kind.startswith("gray"):
+            expected = load_image_into_numpy_array(path, dtype=None)
+            assert got.dtype == expected.dtype and np.array_equal(got, expected), kind
+        else:
+            assert got is None, kind
+
+
 def test_semantic_evaluator_names_a_label_that_is_no_class(tmp_path):
     from detectron2.data import MetadataCatalog
 
@@ -212,12 +234,14 @@ def test_panoptic_counts_are_the_same_for_8_bit_and_wide_ids():
 
 def test_label_counts_equal_numpy_bincount():
     rng = np.random.default_rng(5)
-    rows, cols = rng.integers(0, 13, (48, 64)), rng.integers(0, 7, (48, 64))
-    expected = np.bincount((rows * 7 + cols).reshape(-1), minlength=13 * 7).reshape(13, 7)
-    for dtype in (np.uint8, np.int64):
-        got = pair_counts(rows.astype(dtype), cols.astype(dtype), 13, 7)
-        assert got.dtype == np.int64 and np.array_equal(got, expected), dtype
-        assert np.array_equal(value_counts(rows.astype(dtype), 300), np.bincount(rows.reshape(-1), minlength=300))
+    for num_rows, num_cols in ((13, 7), (20, 30)):  # up to 256 pairs: a byte a pair; more: 2-D
+        rows, cols = rng.integers(0, num_rows, (48, 64)), rng.integers(0, num_cols, (48, 64))
+        expected = np.bincount((rows * num_cols + cols).reshape(-1), minlength=num_rows * num_cols)
+        for dtype in (np.uint8, np.int64):
+            got = pair_counts(rows.astype(dtype), cols.astype(dtype), num_rows, num_cols)
+            assert got.dtype == np.int64 and np.array_equal(got, expected.reshape(num_rows, num_cols)), dtype
+            assert np.array_equal(value_counts(rows.astype(dtype), 300), np.bincount(rows.reshape(-1), minlength=300))
+    rows = rng.integers(0, 13, (48, 64))
     with pytest.raises(ValueError, match="values up to 12 counted into 10 bins"):
         value_counts(rows.astype(np.uint8), 10)
 

@@ -67,19 +67,21 @@ def rle_counts(masks: torch.Tensor) -> List[str]:
         return []
     masks = masks.contiguous()
     masks = masks.view(torch.uint8) if masks.dtype == torch.bool else masks.to(torch.uint8)
-    top, bottom = _row_bands(masks)
+    bands = list(zip(*(b.tolist() for b in _row_bands(masks))))  # (top, bottom) per mask
     data = masks.numpy()
     group = np.zeros((min(n, _ENCODE_GROUP), w, h), dtype=np.uint8)  # (W, H): column-major masks
+    views = list(group)
     written = [(0, 0)] * len(group)
     counts: List[str] = []
     for start in range(0, n, len(group)):
         count = min(len(group), n - start)
         for slot in range(count):
-            k, (old_top, old_bottom) = start + slot, written[slot]
-            group[slot, :, old_top:old_bottom] = 0
-            if bottom[k] > top[k]:
-                cv2.transpose(data[k, top[k]:bottom[k]], group[slot, :, top[k]:bottom[k]])
-            written[slot] = (top[k], bottom[k])
+            (top, bottom), (old_top, old_bottom), view = bands[start + slot], written[slot], views[slot]
+            if old_bottom > old_top:
+                view[:, old_top:old_bottom] = 0
+            if bottom > top:
+                cv2.transpose(data[start + slot, top:bottom], view[:, top:bottom])
+            written[slot] = (top, bottom)
         # (count, W, H) contiguous is (H, W, count) in Fortran order, what pycocotools encodes
         counts.extend(rle["counts"].decode("utf-8") for rle in hotcoco.mask.encode(group[:count].transpose(2, 1, 0)))
     return counts
@@ -102,16 +104,13 @@ def compact_results(instances: Instances, image_id: int) -> Dict:
             "counts": rle_counts(instances.pred_masks) if has_masks else None}
 
 
-def expand_results(compact: Dict, boxes: bool = True) -> List[Dict]:
-    """What detectron2's ``instances_to_coco_json`` returns, from :func:`compact_results` (without
-    "bbox" when not ``boxes``, as mask AP is computed)."""
+def expand_results(compact: Dict) -> List[Dict]:
+    """What detectron2's ``instances_to_coco_json`` returns, from :func:`compact_results`."""
     image_id, counts, size = compact["image_id"], compact["counts"], compact["size"]
     results = []
     for k, (cls, box, score) in enumerate(zip(compact["classes"].tolist(), compact["boxes"].tolist(),
                                               compact["scores"].tolist())):
         result = {"image_id": image_id, "category_id": cls, "bbox": box, "score": score}
-        if not boxes:
-            del result["bbox"]
         if counts is not None:
             result["segmentation"] = {"size": list(size), "counts": counts[k]}
         results.append(result)
@@ -188,22 +187,19 @@ class FastCOCOEvaluator(COCOEvaluator):
             self._compiled_gt = hotcoco.COCO(PathManager.get_local_path(self._metadata.json_file))
         return self._compiled_gt
 
-    def _evaluate_on_coco(self, predictions: List[Dict], task: str, img_ids=None):
+    def _evaluate_on_coco(self, coco_results: List[Dict], task: str, img_ids=None):
         """detectron2's ``_evaluate_predictions_on_coco`` with hotcoco's COCOeval, without its
         deep copy of every result (mask AP leaves the boxes out, as there)."""
         import hotcoco
 
         max_dets = self._max_dets_per_image
         if max_dets is not None and max_dets[2] != 100:  # detectron2's own COCOeval subclass
-            with _cyclic_gc_paused():
-                coco_results = list(itertools.chain(*(expand_results(p) for p in predictions)))
             return _evaluate_predictions_on_coco(self._ground_truth(), coco_results, task,
                                                  img_ids=img_ids, max_dets_per_image=max_dets)
+        if task == "segm":
+            coco_results = [{k: v for k, v in r.items() if k != "bbox"} for r in coco_results]
         coco_gt = self._ground_truth()
-        with _cyclic_gc_paused():
-            coco_dt = coco_gt.loadRes(list(itertools.chain(*(expand_results(p, boxes=task != "segm")
-                                                             for p in predictions))))
-        coco_eval = hotcoco.COCOeval(coco_gt, coco_dt, task)
+        coco_eval = hotcoco.COCOeval(coco_gt, coco_gt.loadRes(coco_results), task)
         coco_eval.params.maxDets = max_dets if max_dets is not None else [1, 10, 100]
         if img_ids is not None:
             coco_eval.params.imgIds = img_ids
@@ -229,16 +225,16 @@ class FastCOCOEvaluator(COCOEvaluator):
         table = np.full(max(to_dataset_id, default=-1) + 1, -1, dtype=np.int64)
         table[list(to_dataset_id)] = list(to_dataset_id.values())
         predictions = [self._with_dataset_ids(p, table) for p in predictions]
-        if self._output_dir:
-            with PathManager.open(os.path.join(self._output_dir, "coco_instances_results.json"), "w") as f:
-                with _cyclic_gc_paused():
-                    f.write(json.dumps(list(itertools.chain(*(expand_results(p) for p in predictions)))))
-        if not self._do_evaluation:
-            self._logger.info("Annotations are not available for evaluation.")
-            return
-        self._logger.info("Evaluating predictions with hotcoco's COCOeval ...")
-        has_results = any(len(p["scores"]) for p in predictions)
-        for task in sorted(self._tasks or {"segm"}):
-            coco_eval = self._evaluate_on_coco(predictions, task, img_ids) if has_results else None
-            self._results[task] = self._derive_coco_results(
-                coco_eval, task, class_names=self._metadata.get("thing_classes"))
+        with _cyclic_gc_paused():
+            coco_results = list(itertools.chain(*(expand_results(p) for p in predictions)))
+            if self._output_dir:
+                with PathManager.open(os.path.join(self._output_dir, "coco_instances_results.json"), "w") as f:
+                    f.write(json.dumps(coco_results))
+            if not self._do_evaluation:
+                self._logger.info("Annotations are not available for evaluation.")
+                return
+            self._logger.info("Evaluating predictions with hotcoco's COCOeval ...")
+            for task in sorted(self._tasks or {"segm"}):
+                coco_eval = self._evaluate_on_coco(coco_results, task, img_ids) if coco_results else None
+                self._results[task] = self._derive_coco_results(
+                    coco_eval, task, class_names=self._metadata.get("thing_classes"))

@@ -32,7 +32,6 @@ __all__ = ["SyntheticSpec", "register_synthetic_set", "synthetic_outputs", "outp
 
 THING_CLASSES = [f"thing{i}" for i in range(8)]
 STUFF_CLASSES = [f"stuff{i}" for i in range(4)]
-CLASSES = THING_CLASSES + STUFF_CLASSES
 IGNORE_LABEL = 255
 _MARKER = "synthetic.json"
 
@@ -40,7 +39,8 @@ _MARKER = "synthetic.json"
 @dataclass(frozen=True)
 class SyntheticSpec:
     """What to generate: ``segments`` thing segments per image (all visible) plus stuff, and
-    ``detections`` predicted instances per image (as a model's top-k: most of them poor)."""
+    ``detections`` predicted instances per image (as a model's top-k: most of them poor), with
+    ``things`` + ``stuff`` classes (8 + 4 by default; COCO panoptic has 80 + 53)."""
 
     num_images: int = 2000
     height: int = 480
@@ -48,19 +48,28 @@ class SyntheticSpec:
     segments: int = 20
     detections: int = 100
     seed: int = 0
+    things: int = len(THING_CLASSES)
+    stuff: int = len(STUFF_CLASSES)
 
     @property
     def name(self) -> str:
-        return f"synthetic_eval_{self.num_images}x{self.height}x{self.width}_s{self.segments}_seed{self.seed}"
+        classes = "" if (self.things, self.stuff) == (len(THING_CLASSES), len(STUFF_CLASSES)) \
+            else f"_c{self.things}+{self.stuff}"
+        return f"synthetic_eval_{self.num_images}x{self.height}x{self.width}_s{self.segments}{classes}_seed{self.seed}"
+
+    @property
+    def classes(self) -> List[str]:
+        """Thing classes first, then stuff."""
+        return [f"thing{i}" for i in range(self.things)] + [f"stuff{i}" for i in range(self.stuff)]
 
 
-def _metadata() -> Dict[str, Any]:
-    things = len(THING_CLASSES)
+def _metadata(spec: SyntheticSpec) -> Dict[str, Any]:
+    classes = spec.classes
     return {
-        "thing_classes": THING_CLASSES[:],
-        "stuff_classes": CLASSES[:],  # every class: the semantic evaluator judges all of them
-        "thing_dataset_id_to_contiguous_id": {i + 1: i for i in range(things)},
-        "stuff_dataset_id_to_contiguous_id": {i + 1: i for i in range(len(CLASSES))},
+        "thing_classes": classes[:spec.things],
+        "stuff_classes": classes,  # every class: the semantic evaluator judges all of them
+        "thing_dataset_id_to_contiguous_id": {i + 1: i for i in range(spec.things)},
+        "stuff_dataset_id_to_contiguous_id": {i + 1: i for i in range(len(classes))},
         "ignore_label": IGNORE_LABEL,
     }
 
@@ -80,7 +89,7 @@ def _scene(spec: SyntheticSpec, index: int) -> Tuple[np.ndarray, List[Dict[str, 
     segments: List[Dict[str, Any]] = []
     # stuff: horizontal bands of random classes (a class may come twice: one segment)
     cuts = np.sort(rng.integers(h // 8, h - h // 8, 3))
-    band_classes = rng.integers(len(THING_CLASSES), len(CLASSES), 4)
+    band_classes = rng.integers(spec.things, spec.things + spec.stuff, 4)
     stuff_ids: Dict[int, int] = {}
     for top, bottom, cls in zip([0, *cuts], [*cuts, h], band_classes):
         cls = int(cls)
@@ -92,10 +101,10 @@ def _scene(spec: SyntheticSpec, index: int) -> Tuple[np.ndarray, List[Dict[str, 
     cols = int(np.ceil(np.sqrt(spec.segments * w / h)))
     rows = int(np.ceil(spec.segments / cols))
     ch, cw = h / rows, w / cols
-    count = {c: 0 for c in range(len(CLASSES))}
+    count = {c: 0 for c in range(spec.things + spec.stuff)}
     for k in range(spec.segments):
         r, c = divmod(k, cols)
-        cls = int(rng.integers(len(THING_CLASSES)))
+        cls = int(rng.integers(spec.things))
         count[cls] += 1
         center = (int((c + rng.uniform(0.35, 0.65)) * cw), int((r + rng.uniform(0.35, 0.65)) * ch))
         axes = (max(2, int(rng.uniform(0.2, 0.45) * cw)), max(2, int(rng.uniform(0.2, 0.45) * ch)))
@@ -126,7 +135,7 @@ def _write_image(spec: SyntheticSpec, folder: str, index: int) -> Tuple[Dict, Di
         ann = mask_to_annotation(mask)
         segments_info.append({"id": s["id"], "category_id": s["class"] + 1, "iscrowd": s["iscrowd"],
                               "area": ann["area"], "bbox": ann["bbox"]})
-        if s["class"] < len(THING_CLASSES):
+        if s["class"] < spec.things:
             instances.append({"image_id": image_id, "category_id": s["class"] + 1,
                               "iscrowd": s["iscrowd"], **ann})
     Image.fromarray(id2rgb(ids)).save(os.path.join(folder, "panoptic", file_name), compress_level=1)
@@ -135,9 +144,9 @@ def _write_image(spec: SyntheticSpec, folder: str, index: int) -> Tuple[Dict, Di
     return image, {"image_id": image_id, "file_name": file_name, "segments_info": segments_info}, instances
 
 
-def _categories(things_only: bool) -> List[Dict[str, Any]]:
-    cats = [{"id": i + 1, "name": n, "isthing": int(i < len(THING_CLASSES))} for i, n in enumerate(CLASSES)]
-    return cats[:len(THING_CLASSES)] if things_only else cats
+def _categories(spec: SyntheticSpec, things_only: bool) -> List[Dict[str, Any]]:
+    cats = [{"id": i + 1, "name": n, "isthing": int(i < spec.things)} for i, n in enumerate(spec.classes)]
+    return cats[:spec.things] if things_only else cats
 
 
 def _write_set(spec: SyntheticSpec, folder: str) -> None:
@@ -158,7 +167,7 @@ def _write_set(spec: SyntheticSpec, folder: str) -> None:
         ann["id"] = i + 1
     for file_name, anns, things_only in (("panoptic.json", panoptic, False), ("instances.json", instances, True)):
         with open(os.path.join(folder, file_name), "w") as f:
-            json.dump({"images": images, "annotations": anns, "categories": _categories(things_only)}, f)
+            json.dump({"images": images, "annotations": anns, "categories": _categories(spec, things_only)}, f)
     with open(marker, "w") as f:
         json.dump(asdict(spec), f)
 
@@ -182,7 +191,7 @@ def register_synthetic_set(spec: SyntheticSpec, root: str) -> str:
     MetadataCatalog.get(name).set(
         json_file=os.path.join(folder, "instances.json"), panoptic_json=os.path.join(folder, "panoptic.json"),
         panoptic_root=os.path.join(folder, "panoptic"), sem_seg_root=os.path.join(folder, "sem_seg"),
-        evaluator_type="synthetic", **_metadata())
+        evaluator_type="synthetic", **_metadata(spec))
     return name
 
 
@@ -256,7 +265,7 @@ def outputs_near(ids: np.ndarray, segments: List[Dict[str, Any]], num_things: in
 def synthetic_outputs(spec: SyntheticSpec, name: str, index: int) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """The evaluator input (the dataset dict) and model output of image ``index`` of a registered set."""
     ids, segments = _scene(spec, index)
-    outputs = outputs_near(ids, segments, len(THING_CLASSES), len(CLASSES),
+    outputs = outputs_near(ids, segments, spec.things, spec.things + spec.stuff,
                            np.random.default_rng([spec.seed, index, 1]), spec.detections)
     folder = os.path.dirname(MetadataCatalog.get(name).panoptic_json)
     inputs = {"file_name": os.path.join(folder, "images", f"{index + 1:06d}.png"), "image_id": index + 1,
