@@ -33,13 +33,14 @@ def pair_counts(rows: np.ndarray, cols: np.ndarray, num_rows: int, num_cols: int
     label maps, rows in [0, num_rows), cols in [0, num_cols) (a confusion matrix); by an OpenCV
     histogram when both are 8-bit (of one byte per pair when 256 pairs or fewer can occur,
     else 2-D), else ``np.bincount``."""
-    if rows.dtype == cols.dtype == np.uint8 and num_rows * num_cols <= 256 and num_cols < 256:  # a byte a pair
-        index = rows * np.uint8(num_cols)
-        index += cols
-        return value_counts(index, num_rows * num_cols).reshape(num_rows, num_cols)
-    if rows.dtype == cols.dtype == np.uint8 and 0 < rows.size < _FLOAT_COUNT_LIMIT and num_rows and num_cols:
-        counts = cv2.calcHist([rows, cols], [0, 1], None, [num_rows, num_cols], [0, num_rows, 0, num_cols])
-        return counts.astype(np.int64)
+    if rows.dtype == cols.dtype == np.uint8:
+        if num_rows * num_cols <= 256 and num_cols < 256:  # a byte a pair
+            index = rows * np.uint8(num_cols)
+            index += cols
+            return value_counts(index, num_rows * num_cols).reshape(num_rows, num_cols)
+        if 0 < rows.size < _FLOAT_COUNT_LIMIT and num_rows and num_cols:
+            counts = cv2.calcHist([rows, cols], [0, 1], None, [num_rows, num_cols], [0, num_rows, 0, num_cols])
+            return counts.astype(np.int64)
     index = rows.astype(np.int64) * num_cols
     index += cols
     return value_counts(index, num_rows * num_cols).reshape(num_rows, num_cols)

@@ -42,7 +42,7 @@ def _row_bands(masks: torch.Tensor) -> Tuple[np.ndarray, np.ndarray]:
     rows = words.amax(2).numpy() != 0  # (N, H)
     top = rows.argmax(1)
     bottom = np.where(rows.any(1), rows.shape[1] - rows[:, ::-1].argmax(1), 0)
-    return top, np.maximum(bottom, top)
+    return top, bottom
 
 
 def encode_masks(masks: torch.Tensor) -> List[Dict]:

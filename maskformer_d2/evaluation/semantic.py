@@ -84,8 +84,9 @@ class FastSemSegEvaluator(SemSegEvaluator):
         else:
             gt = gt.astype(np.int64)
             gt[gt == self._ignore_label] = self._num_classes
-        if gt.size and not (0 <= gt.min() and gt.max() <= self._num_classes):
-            bad = gt.max() if gt.max() > self._num_classes else gt.min()
+        low, high = (int(gt.min()), int(gt.max())) if gt.size else (0, 0)
+        if low < 0 or high > self._num_classes:
+            bad = high if high > self._num_classes else low
             raise ValueError(f"{gt_file}: label {bad} is neither a class (0..{self._num_classes - 1}) "
                              f"nor the ignore label {self._ignore_label}")
         return gt
