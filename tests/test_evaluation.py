@@ -18,7 +18,7 @@ from PIL import Image
 from pycocotools import mask as coco_mask
 
 from maskformer_d2.evaluation.histograms import pair_counts, value_counts
-from maskformer_d2.evaluation.instance import encode_masks
+from maskformer_d2.evaluation.instance import compact_results, encode_masks, expand_results, results_json
 from maskformer_d2.evaluation.panoptic import PQStats, _pixel_index, accumulate_image, read_panoptic_png
 from maskformer_d2.evaluation.synthetic import (
     SyntheticSpec,
@@ -277,6 +277,55 @@ def test_all_masks_of_an_image_encode_to_pycocotools_strings():
     expected = [coco_mask.encode(np.asfortranarray(m.numpy().astype(np.uint8)))["counts"].decode() for m in masks]
     assert [r["counts"] for r in encode_masks(masks)] == expected
     assert [r["counts"] for r in encode_masks(masks.to(torch.uint8))] == expected
+
+
+def test_results_json_is_json_dumps_of_the_result_dicts():
+    from detectron2.structures import Boxes, Instances
+    rng = np.random.default_rng(4)
+    compacts = []
+    for image_id, n in ((7, 5), (8, 0), (9, 3)):
+        instances = Instances((23, 31))
+        instances.pred_boxes = Boxes(torch.from_numpy(rng.random((n, 4)).astype(np.float32) * 20).sort(1).values)
+        instances.scores = torch.from_numpy(rng.random(n).astype(np.float32))
+        instances.pred_classes = torch.from_numpy(rng.integers(0, 5, n))
+        instances.pred_masks = torch.from_numpy(rng.random((n, 23, 31)) < 0.4)
+        compacts.append(compact_results(instances, image_id))
+    # a mask whose RLE holds a backslash (JSON escapes it): 44 zeros down the columns, then ones
+    instances = Instances((8, 10))
+    instances.pred_boxes, instances.scores = Boxes(torch.zeros(1, 4)), torch.tensor([0.5])
+    instances.pred_classes, instances.pred_masks = torch.tensor([1]), torch.ones(1, 8, 10, dtype=torch.bool)
+    instances.pred_masks[0, :, :5] = False
+    instances.pred_masks[0, :4, 5] = False
+    compacts.append(compact_results(instances, 10))
+    assert "\\" in compacts[-1]["counts"][0]
+    compacts.append({**compacts[0], "scores": np.array([np.nan, 1, 2, 3, 4], np.float32)})  # NaN: as json
+    expected = json.dumps([r for c in compacts for r in expand_results(c)])
+    assert results_json(compacts) == expected
+    assert json.loads(expected)[0]["segmentation"]["counts"] == compacts[0]["counts"][0]
+    assert results_json([]) == json.dumps([])
+    # mask AP's dicts: the same without the boxes
+    assert [r for r in expand_results(compacts[0], boxes=False)] == \
+        [{k: v for k, v in r.items() if k != "bbox"} for r in expand_results(compacts[0])]
+
+
+def test_semantic_boundaries_equal_detectron2s(tmp_path):
+    from detectron2.evaluation import SemSegEvaluator
+
+    from maskformer_d2.evaluation.semantic import FastSemSegEvaluator
+    rng = np.random.default_rng(5)
+    for h, w in ((480, 640), (3, 40), (61, 17)):
+        labels = _block_labels(rng, h, w)
+        ours = FastSemSegEvaluator._mask_to_boundary(None, labels)
+        stock = SemSegEvaluator._mask_to_boundary(None, labels)
+        assert ours.dtype == stock.dtype == np.uint8
+        np.testing.assert_array_equal(ours, stock)
+        assert 0 < np.count_nonzero(ours) < ours.size or min(h, w) < 8
+
+
+def _block_labels(rng, h: int, w: int) -> np.ndarray:
+    """(h, w) uint8 labels 0..12 in blocks (regions with edges, as in a label map)."""
+    blocks = rng.integers(0, 13, ((h + 7) // 8, (w + 7) // 8), dtype=np.uint8)
+    return np.kron(blocks, np.ones((8, 8), np.uint8))[:h, :w].copy()
 
 
 def test_mask_boxes_are_detectron2s_bounding_boxes():

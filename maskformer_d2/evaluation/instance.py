@@ -28,7 +28,7 @@ from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
 __all__ = ["FastCOCOEvaluator", "compact_results", "encode_masks", "expand_results", "instances_to_coco_results",
-           "rle_counts"]
+           "results_json", "rle_counts"]
 
 
 # masks transposed and encoded together: a group's column-major copies stay in the cache
@@ -104,17 +104,38 @@ def compact_results(instances: Instances, image_id: int) -> Dict:
             "counts": rle_counts(instances.pred_masks) if has_masks else None}
 
 
-def expand_results(compact: Dict) -> List[Dict]:
-    """What detectron2's ``instances_to_coco_json`` returns, from :func:`compact_results`."""
+def expand_results(compact: Dict, boxes: bool = True) -> List[Dict]:
+    """What detectron2's ``instances_to_coco_json`` returns, from :func:`compact_results`
+    (without "bbox" unless ``boxes``: what COCOeval's mask AP is given)."""
     image_id, counts, size = compact["image_id"], compact["counts"], compact["size"]
     results = []
     for k, (cls, box, score) in enumerate(zip(compact["classes"].tolist(), compact["boxes"].tolist(),
                                               compact["scores"].tolist())):
-        result = {"image_id": image_id, "category_id": cls, "bbox": box, "score": score}
+        result = {"image_id": image_id, "category_id": cls, "bbox": box, "score": score} if boxes else \
+            {"image_id": image_id, "category_id": cls, "score": score}
         if counts is not None:
             result["segmentation"] = {"size": list(size), "counts": counts[k]}
         results.append(result)
     return results
+
+
+def results_json(compacts: List[Dict]) -> str:
+    """``json.dumps`` of the :func:`expand_results` of ``compacts`` (the same text: detectron2's
+    ``coco_instances_results.json``), formatted from their arrays without building the dicts."""
+    parts = []
+    for compact in compacts:
+        scores, boxes, counts = compact["scores"], compact["boxes"], compact["counts"]
+        if counts is None or not (np.isfinite(scores).all() and np.isfinite(boxes).all()):
+            parts.extend(json.dumps(result) for result in expand_results(compact))  # NaN, no masks: rare
+            continue
+        head = f'{{"image_id": {json.dumps(compact["image_id"])}, "category_id": '
+        tail = f', "segmentation": {{"size": {json.dumps(list(compact["size"]))}, "counts": "'
+        # RLE characters are "0".."o": the backslash is the only one JSON escapes
+        parts.extend(f'{head}{cls!r}, "bbox": [{x!r}, {y!r}, {w!r}, {h!r}], "score": {score!r}{tail}'
+                     f'{rle.replace(chr(92), chr(92) * 2)}"}}}}'
+                     for cls, (x, y, w, h), score, rle in zip(compact["classes"].tolist(), boxes.tolist(),
+                                                              scores.tolist(), counts))
+    return "[" + ", ".join(parts) + "]"
 
 
 def instances_to_coco_results(instances: Instances, image_id: int) -> List[Dict]:
@@ -189,15 +210,13 @@ class FastCOCOEvaluator(COCOEvaluator):
 
     def _evaluate_on_coco(self, coco_results: List[Dict], task: str, img_ids=None):
         """detectron2's ``_evaluate_predictions_on_coco`` with hotcoco's COCOeval, without its
-        deep copy of every result (mask AP leaves the boxes out, as there)."""
+        deep copy of every result (the caller leaves the boxes out of mask AP's, as there)."""
         import hotcoco
 
         max_dets = self._max_dets_per_image
         if max_dets is not None and max_dets[2] != 100:  # detectron2's own COCOeval subclass
             return _evaluate_predictions_on_coco(self._ground_truth(), coco_results, task,
                                                  img_ids=img_ids, max_dets_per_image=max_dets)
-        if task == "segm":
-            coco_results = [{k: v for k, v in r.items() if k != "bbox"} for r in coco_results]
         coco_gt = self._ground_truth()
         coco_eval = hotcoco.COCOeval(coco_gt, coco_gt.loadRes(coco_results), task)
         coco_eval.params.maxDets = max_dets if max_dets is not None else [1, 10, 100]
@@ -226,15 +245,16 @@ class FastCOCOEvaluator(COCOEvaluator):
         table[list(to_dataset_id)] = list(to_dataset_id.values())
         predictions = [self._with_dataset_ids(p, table) for p in predictions]
         with _cyclic_gc_paused():
-            coco_results = list(itertools.chain(*(expand_results(p) for p in predictions)))
             if self._output_dir:
                 with PathManager.open(os.path.join(self._output_dir, "coco_instances_results.json"), "w") as f:
-                    f.write(json.dumps(coco_results))
+                    f.write(results_json(predictions))
             if not self._do_evaluation:
                 self._logger.info("Annotations are not available for evaluation.")
                 return
             self._logger.info("Evaluating predictions with hotcoco's COCOeval ...")
             for task in sorted(self._tasks or {"segm"}):
+                # mask AP without the boxes: COCO then takes each area from the mask (as detectron2)
+                coco_results = list(itertools.chain(*(expand_results(p, boxes=task != "segm") for p in predictions)))
                 coco_eval = self._evaluate_on_coco(coco_results, task, img_ids) if coco_results else None
                 self._results[task] = self._derive_coco_results(
                     coco_eval, task, class_names=self._metadata.get("thing_classes"))

@@ -64,6 +64,15 @@ class FastSemSegEvaluator(SemSegEvaluator):
             if self._write_predictions:
                 self._predictions.extend(self.encode_json_sem_seg(pred.astype(np.int64), input["file_name"]))
 
+    def _mask_to_boundary(self, mask: np.ndarray, dilation_ratio: float = 0.02) -> np.ndarray:
+        """detectron2's boundary of an (H, W) uint8 label map (``mask`` minus its erosion by
+        ``d = round(dilation_ratio * diagonal)`` 3x3 steps, zeros beyond the edge), by one
+        (2d+1)-square erosion without the padded copy: the same result."""
+        h, w = mask.shape
+        dilation = max(1, int(round(dilation_ratio * np.sqrt(h ** 2 + w ** 2))))
+        square = np.ones((2 * dilation + 1, 2 * dilation + 1), dtype=np.uint8)
+        return mask - cv2.erode(mask, square, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+
     def _ground_truth(self, file_name: str) -> np.ndarray:
         """(H, W) ground-truth classes of an image, the ignore label replaced by K (as detectron2):
         8-bit label images through a 256-entry table, kept 8-bit; others as int64.
