@@ -3,8 +3,9 @@
 The confusion matrices (plain and boundary) and every metric are detectron2's; what changes:
 the per-pixel argmax runs over the innermost dimension (:func:`argmax_over_first_dim`), the
 matrices are counted by OpenCV's histograms over 8-bit labels (:mod:`.histograms`), grayscale
-label PNGs are decoded by OpenCV, and the COCO-stuff JSON of the predictions (one RLE per class
-and image, which costs more than the rest of the evaluation) is written only when asked for.
+label PNGs are decoded by OpenCV, a boundary is one erosion, and the COCO-stuff JSON of the
+predictions (one RLE per class and image, which costs more than the rest of the evaluation) is
+written only when asked for.
 """
 import os
 from typing import Dict, List, Optional
