@@ -177,10 +177,11 @@ def _pixel_index_8bit(ids: np.ndarray, values: np.ndarray, modulus: int) -> np.n
     """:func:`_pixel_index` by two 256-entry OpenCV lookup tables on each 32-bit id's remainder."""
     n = len(values)
     slots = (ids & (modulus - 1) if modulus & (modulus - 1) == 0 else ids % modulus).astype(np.uint8)
+    slot_of_value = values % modulus
     index_table = np.full(256, n, dtype=np.uint8)
     value_table = np.full(256, -1, dtype=np.int32)  # the id a slot stands for; -1: none
-    index_table[values % modulus] = np.arange(n)
-    value_table[values % modulus] = values
+    index_table[slot_of_value] = np.arange(n)
+    value_table[slot_of_value] = values
     index = cv2.LUT(slots, index_table).reshape(ids.shape)  # (OpenCV makes 1-D arrays columns)
     other = cv2.LUT(slots, value_table).reshape(ids.shape) != ids.view(np.int32)  # another id, same remainder
     if other.any():

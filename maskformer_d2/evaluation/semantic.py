@@ -28,12 +28,12 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def _read_gray_png(path: str) -> Optional[np.ndarray]:
     """An 8- or 16-bit grayscale PNG's values by OpenCV (what PIL gives detectron2's loader, in
     less time); None for any other file (palette, colour, 1-bit, ...: left to PIL)."""
-    local = PathManager.get_local_path(path)
-    with open(local, "rb") as f:
-        header = f.read(26)  # signature, IHDR: length, type, width, height, bit depth, colour type
-    if header[:8] != _PNG_SIGNATURE or header[12:16] != b"IHDR" or header[24:26] not in (b"\x08\x00", b"\x10\x00"):
+    with PathManager.open(path, "rb") as f:
+        data = f.read()
+    # signature, IHDR: length, type, width, height, bit depth, colour type
+    if data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR" or data[24:26] not in (b"\x08\x00", b"\x10\x00"):
         return None
-    labels = cv2.imread(local, cv2.IMREAD_UNCHANGED)
+    labels = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     return labels if labels is not None and labels.ndim == 2 else None
 
 
