@@ -56,6 +56,9 @@ TINY = [
     "SOLVER.AMP.ENABLED", "False", "TEST.EVAL_PERIOD", "0", "DATALOADER.NUM_WORKERS", "0",
     # a model trained for 3 iterations is sure of nothing: keep every panoptic segment it finds
     "MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD", "0.0", "MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD", "0.0",
+    # ... and a fixed seed: from some random initializations, 3 iterations leave every query on
+    # "no object" and the panoptic demo draws nothing (seen once in CI with SEED -1)
+    "SEED", "1",
 ]
 
 
