@@ -12,6 +12,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Dict
 
+import cv2
+import numpy as np
 import pytest
 import torch
 
@@ -26,8 +28,8 @@ from transformers import (  # noqa: E402
 )
 from transformers.models.maskformer.configuration_maskformer import MaskFormerDetrConfig  # noqa: E402
 
+from maskformer_d2.checkpoint import model_json  # noqa: E402
 from maskformer_d2.checkpoint.safe_load import UNSAFE_PICKLE_ENV  # noqa: E402
-from maskformer_d2.convert import hf_folder  # noqa: E402
 from maskformer_d2.convert.hf import import_hf_maskformer  # noqa: E402
 from maskformer_d2.convert.hf_mask2former import import_hf_mask2former  # noqa: E402
 from maskformer_d2.errors import HFImportError, UnsafeCheckpointError  # noqa: E402
@@ -174,7 +176,7 @@ def test_a_file_that_is_not_a_json_object_is_named(genuine, tmp_path, content, e
 
 def test_json_files_are_read_only_if_small_and_regular(genuine, tmp_path, monkeypatch):
     folder = _copy(genuine, "maskformer", tmp_path)
-    monkeypatch.setattr(hf_folder, "MAX_JSON_BYTES", 1000)
+    monkeypatch.setattr(model_json, "MAX_JSON_BYTES", 1000)
     size = (folder / "config.json").stat().st_size
     assert _refused(import_hf_maskformer, folder, tmp_path / "out") == \
         f"config.json: {size} bytes; a model's JSON file has at most 1000"
@@ -306,3 +308,82 @@ def test_tools_refuse_custom_code_and_pickles_in_one_line(genuine, tmp_path):
 
     assert not marker.exists()
     assert not {"out1", "out2"} & files_under(tmp_path)
+
+
+# ----------------------------------------------------------------------------- a DINOv3 folder
+def _dinov3_folder(tmp_path: Path, **fields: Any) -> Path:
+    """A save_pretrained folder of a tiny DINOv3 ViT's config, ``fields`` then set in its JSON."""
+    from transformers import DINOv3ViTConfig
+
+    folder = tmp_path / "dinov3"
+    DINOv3ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                    num_register_tokens=4).save_pretrained(folder)
+    _edit_json(folder, "config.json", lambda data: data.update(fields))
+    return folder
+
+
+def test_a_dinov3_folder_builds_the_vit_its_config_json_describes(tmp_path):
+    from maskformer_d2.modeling.backbone.dinov3_vit import DINOv3ViT, dinov3_config
+
+    folder = _dinov3_folder(tmp_path, id2label={"0": "x" * 300})  # fields the ViT does not use: not read
+    vit = DINOv3ViT(dinov3_config(str(folder)))
+    assert (vit.embed_dim, len(vit.blocks), vit.num_prefix_tokens) == (32, 2, 5)
+    assert vit.blocks[0].mlp.up_proj.weight.shape == (64, 32)
+    # MODEL.EOMT.EMBED_DIM / DEPTH / NUM_HEADS still override it, the MLP keeping its ratio
+    wider = DINOv3ViT(dinov3_config(str(folder), embed_dim=48, depth=3, num_heads=3))
+    assert (wider.embed_dim, len(wider.blocks), wider.blocks[0].mlp.up_proj.weight.shape) == (48, 3, (96, 48))
+
+
+DINOV3_FOLDERS = {
+    "hidden_size 1e9": (dict(hidden_size=10**9), "config.json: hidden_size: must be an integer from 1 to 8192, "
+                                                 "not 1000000000"),
+    "layers as text": (dict(num_hidden_layers="12"), "config.json: num_hidden_layers: must be an integer from 1 "
+                                                     "to 100, not '12'"),
+    "layer_norm_eps 0": (dict(layer_norm_eps=0), "config.json: layer_norm_eps: must be a number > 0 and <= 1, not 0"),
+    "rescale text": (dict(pos_embed_rescale="2"), "config.json: pos_embed_rescale: must be a number >= 0 and "
+                                                  "<= 1000, not '2' (or null)"),
+    "another model": (dict(model_type="vit"), "config.json: model_type: 'vit', not a DINOv3 ViT ('dinov3_vit')"),
+    "custom code": (dict(auto_map={"AutoModel": "evil.Model"}), "config.json: auto_map: refused, it asks to run "
+                                                                "Python code"),
+    "heads": (dict(hidden_size=30, num_attention_heads=4), "hidden size 30 is not a multiple of the 4 attention "
+                                                          "heads"),
+    # every field within its bounds, together 134 B parameters: counted on the meta device, refused
+    "too large together": (dict(hidden_size=8192, intermediate_size=65536, num_hidden_layers=100,
+                                num_attention_heads=64), "the ViT would have 134.2 B parameters, more than the 8 B"),
+}
+
+
+@pytest.mark.parametrize("fields, expected", DINOV3_FOLDERS.values(), ids=DINOV3_FOLDERS.keys())
+def test_a_dinov3_folder_config_json_is_checked_before_building(tmp_path, fields, expected):
+    from maskformer_d2.modeling.backbone.dinov3_vit import dinov3_config
+
+    folder = _dinov3_folder(tmp_path, **fields)
+    with pytest.raises(HFImportError) as err:
+        dinov3_config(str(folder))
+    assert str(err.value).startswith(f"MODEL.EOMT.BACKBONE_NAME={str(folder)!r}: ")
+    assert expected in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_dinov3_folder_json_is_read_only_if_small_and_an_object(tmp_path, monkeypatch):
+    from maskformer_d2.modeling.backbone.dinov3_vit import dinov3_config
+
+    folder = _dinov3_folder(tmp_path)
+    monkeypatch.setattr(model_json, "MAX_JSON_BYTES", 100)
+    with pytest.raises(HFImportError, match=r": config.json: \d+ bytes; a model's JSON file has at most 100$"):
+        dinov3_config(str(folder))
+    monkeypatch.undo()
+    (folder / "config.json").write_text("[1, 2]")
+    with pytest.raises(HFImportError, match="config.json: must be a JSON object, not a list$"):
+        dinov3_config(str(folder))
+
+
+@pytest.mark.slow
+def test_the_demo_refuses_an_oversized_dinov3_folder_in_one_line(tmp_path):
+    folder = _dinov3_folder(tmp_path, hidden_size=10**9)
+    image = tmp_path / "in.png"
+    cv2.imwrite(str(image), np.zeros((32, 32, 3), np.uint8))
+    out = run_hostile(["demo/demo.py", "--config-file", "configs/eomt/dinov3/coco/panoptic/eomt_large_640.yaml",
+                       "--input", image, "--output", tmp_path / "vis",
+                       "--opts", "MODEL.DEVICE", "cpu", "MODEL.EOMT.BACKBONE_NAME", folder])
+    assert_refused(out, "MODEL.EOMT.BACKBONE_NAME=", "config.json: hidden_size: must be an integer from 1 to 8192")
+    assert files_under(tmp_path / "vis") == set()  # nothing drawn
