@@ -35,13 +35,15 @@ DEFAULT_CONFIG = "configs/ade20k-150/maskformer_R50_bs16_160k.yaml"
 
 
 def time_parts(model, times) -> None:
-    """Forward hooks that record the time of the model's main parts into ``times``."""
+    """Forward hooks that add the time of the model's main parts to ``times`` (name -> seconds;
+    a part called several times in a step, such as EoMT's blocks or a matcher per decoder
+    layer, adds up)."""
     def timed(module, name):
         def pre(m, inp):
             m._t0 = time.perf_counter()
 
         def post(m, inp, out):
-            times[name].append(time.perf_counter() - m._t0)
+            times[name] += time.perf_counter() - m._t0
         module.register_forward_pre_hook(pre)
         module.register_forward_hook(post)
 
@@ -51,14 +53,23 @@ def time_parts(model, times) -> None:
         def wrapper(*args, **kwargs):
             t0 = time.perf_counter()
             out = inner(*args, **kwargs)
-            times[name].append(time.perf_counter() - t0)
+            times[name] += time.perf_counter() - t0
             return out
         setattr(obj, method, wrapper)
 
-    timed(model.backbone, "fwd backbone")
     head = model.sem_seg_head
-    timed_method(head.pixel_decoder, "forward_features", "fwd pixel decoder")
-    timed(head.predictor, "fwd transformer predictor")
+    if hasattr(head, "pixel_decoder"):  # MaskFormer, Mask2Former
+        timed(model.backbone, "fwd backbone")
+        timed_method(head.pixel_decoder, "forward_features", "fwd pixel decoder")
+        timed(head.predictor, "fwd transformer predictor")
+    else:  # EoMT drives the ViT's blocks itself and predicts before each query block
+        blocks = list(model.backbone.blocks)
+        first = len(blocks) - model.num_blocks
+        for block in blocks[:first]:
+            timed(block, "fwd ViT blocks")
+        for block in blocks[first:]:
+            timed(block, "fwd ViT query blocks")
+        timed(head, "fwd head (every prediction)")
     timed(model.criterion, "fwd criterion (+matcher)")
     if hasattr(model.criterion, "matcher"):
         timed(model.criterion.matcher, "matcher (part of criterion)")
@@ -82,9 +93,9 @@ def worker(args: argparse.Namespace) -> None:
     model = C.build_model(args, cfg, training=True)
     optimizer = C.build_optimizer(args, cfg, model)
     batch = C.synthetic_batch(args.batch, args.size, args.segments, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
-    parts = defaultdict(list)
+    parts, step = defaultdict(list), defaultdict(float)  # per step: name -> seconds
     if args.parts and args.impl == C.OURS:
-        time_parts(model, parts)
+        time_parts(model, step)
     times, first_losses = [], None
     # as detectron2's AMPTrainer: float16 autocast for the forward, a gradient scaler
     scaler = torch.amp.GradScaler("cuda") if amp else None
@@ -97,8 +108,7 @@ def worker(args: argparse.Namespace) -> None:
     # point-sampled losses draw from torch's generator: both implementations start from here
     torch.manual_seed(0)
     for it in range(args.warmup + args.iters):
-        if it == args.warmup:
-            parts.clear()
+        step.clear()
         t0 = now()
         with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
             losses = model(batch)
@@ -114,14 +124,14 @@ def worker(args: argparse.Namespace) -> None:
             optimizer.step()
         t3 = now()
         if first_losses is None:
-            first_losses = {k: float(v) for k, v in losses.items()}
+            first_losses = {k: float(v.detach()) for k, v in losses.items()}
         if it >= args.warmup:
             times.append(t3 - t0)
-            parts["forward total"].append(t1 - t0)
-            parts["backward"].append(t2 - t1)
-            parts["optimizer step"].append(t3 - t2)
+            step.update({"forward total": t1 - t0, "backward": t2 - t1, "optimizer step": t3 - t2})
+            for name, seconds in step.items():
+                parts[name].append(seconds)
     for name, v in parts.items():
-        print(f"{name:32s} {1000 * statistics.median(v):8.1f} ms (median)")
+        print(f"{name:32s} {1000 * statistics.median(v):8.1f} ms (median over steps)")
     if args.save_outputs:
         torch.save({k: torch.tensor(v) for k, v in first_losses.items()}, args.save_outputs)
     extra = {"peak_cuda_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)} if cuda else {}
