@@ -12,9 +12,9 @@ backbone's last feature map, so its weights map one-to-one onto ours:
 The Mask2Former importer (:mod:`.hf_mask2former`) reuses the backbone rules (Swin in both HF
 flavours, ResNet), the backbone / preprocessor / dataset config helpers, the end-to-end import
 (:func:`import_hf`), the file writing and the command line (:func:`main`) defined here. Each
-config value comes from a table of :class:`~.hf_folder.Field` (``_SWIN_FIELDS``,
-``_MASKFORMER_FIELDS``, ...) that also says which values a folder's ``config.json`` may hold:
-:mod:`.hf_folder` checks them before transformers sees the file.
+config value comes from a table of :class:`~maskformer_d2.checkpoint.model_json.Field`
+(``_SWIN_FIELDS``, ``_MASKFORMER_FIELDS``, ...) that also says which values a folder's
+``config.json`` may hold: they are checked before transformers sees the file (:mod:`.hf_folder`).
 
 Conventions that differ from the official code and that the conversion absorbs:
 
@@ -48,6 +48,23 @@ import torch
 from detectron2.config import CfgNode, get_cfg
 
 from ..checkpoint.atomic import write_atomically
+from ..checkpoint.model_json import (
+    Field,
+    FieldError,
+    check_fields,
+    field_values,
+    flag,
+    integer,
+    integers,
+    number,
+    numbers,
+    one_of,
+    read_json,
+    refuse_actions,
+    shown,
+    stage_names,
+    text,
+)
 from ..config import add_maskformer_config
 from ..errors import HFImportError
 from .files import write_safetensors_checkpoint
@@ -55,26 +72,11 @@ from .hf_folder import (
     CONFIG,
     MAX_LABELS,
     PREPROCESSOR,
-    Field,
-    FieldError,
     build_config,
-    check_fields,
     check_labels,
-    field_values,
-    flag,
-    integer,
-    integers,
     load_model,
     local_file,
-    number,
-    numbers,
-    one_of,
-    read_json,
-    refuse_actions,
     resolve_folder,
-    shown,
-    stage_names,
-    text,
 )
 
 __all__ = ["convert_state_dict", "config_from_hf", "import_hf_maskformer", "import_hf", "HFModel", "HFImportError"]

@@ -30,48 +30,15 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from ..checkpoint.model_json import (
-    MAX_JSON_BYTES,
-    Field,
-    FieldError,
-    check_fields,
-    field_values,
-    flag,
-    integer,
-    integers,
-    number,
-    numbers,
-    one_of,
-    read_json,
-    refuse_actions,
-    shown,
-    stage_names,
-    text,
-)
+from ..checkpoint.model_json import shown
 from ..checkpoint.safe_load import load_pth, load_safetensors
 from ..errors import CheckpointReadError, HFImportError, first_line
 
 __all__ = [
     "CONFIG",
     "PREPROCESSOR",
-    "MAX_JSON_BYTES",
     "MAX_LABELS",
-    "Field",
-    "FieldError",
-    "shown",
-    "integer",
-    "number",
-    "flag",
-    "one_of",
-    "text",
-    "integers",
-    "numbers",
-    "stage_names",
-    "check_fields",
     "check_labels",
-    "field_values",
-    "refuse_actions",
-    "read_json",
     "local_file",
     "resolve_folder",
     "build_config",

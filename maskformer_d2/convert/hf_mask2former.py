@@ -54,6 +54,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from detectron2.config import CfgNode
 
+from ..checkpoint.model_json import Field, flag, integer, integers, number, text
 from ..errors import HFImportError
 from .hf import (
     _DEC,
@@ -85,7 +86,6 @@ from .hf import (
     _rule,
     import_hf,
 )
-from .hf_folder import Field, flag, integer, integers, number, text
 
 __all__ = ["convert_state_dict", "config_overrides", "config_from_hf", "import_hf_mask2former", "HFImportError"]
 
