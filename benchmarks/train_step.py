@@ -7,8 +7,9 @@ on a fixed synthetic batch, on the machine it runs on. Prints numbers; asserts n
 
 Random weights, ``--batch`` images of size x size with ``--segments`` rectangles each; the
 optimiser is the one each implementation's Trainer builds from the config (AdamW with gradient
-clipping for the ADE20K configs). ``--parts`` also times backbone / pixel decoder / predictor /
-criterion / backward / optimiser separately (ours only). The last line printed is one JSON
+clipping for the ADE20K configs). ``--parts`` also times backbone / pixel decoder / predictor
+(EoMT: ViT blocks / query blocks / head) / criterion / backward / optimiser separately, each
+summed over a step (ours only). The last line printed is one JSON
 object (median_s, peak_rss_mb, config, torch version, threads, the first step's losses).
 ``--device cuda [--precision amp]`` runs both on the GPU (the official configs train with
 AMP); nothing of the CPU path needs one. Both run without PyTorch's huge-page advice, as their
